@@ -1,0 +1,150 @@
+"""The ``dgmbench`` command line: list, train, evaluate, tables, ui.
+
+Errors a user can fix (unknown names, bad config, missing data, unreadable checkpoints, unreachable tracking)
+print one line naming the problem and the fix, and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DatasetUnavailable
+    from .registry import UnknownNameError
+    from .tracking import TrackingUnavailable
+    from .train import ResumeMismatch
+
+    return (ConfigError, UnknownNameError, DatasetUnavailable, CheckpointError, TrackingUnavailable,
+            ResumeMismatch, PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def cmd_list(args) -> int:
+    from .data import DATASETS
+    from .models import MODELS
+
+    print("models:")
+    for name in MODELS.names():
+        cls = MODELS.get(name)
+        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}")
+    print("datasets:")
+    for name in DATASETS.names():
+        info = DATASETS.get(name).info
+        shape = "×".join(map(str, info.shape))
+        print(f"  {name:<14} {shape:<8} {info.num_levels:>3} levels  {info.description}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_grid, resolve_run
+    from .train import train
+
+    grid = load_grid(args.config)
+    run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
+    out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.model / f"seed{run.seed}"
+    record = train(run, out)
+    print(f"{run.run_name}: {record['status']} after {record['epochs_run']} epochs "
+          f"({record['train_seconds']:.1f}s); checkpoint in {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(Path(args.run), only=args.only)
+    lik = metrics.get("likelihood", {})
+    summary = f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim" if "nll_nats" in lik else "no likelihood"
+    print(f"{metrics['run']['model']}-{metrics['run']['dataset']}-seed{metrics['run']['seed']}: {summary}; "
+          f"wrote {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from .tables import build_all
+
+    written = build_all(Path(args.runs), Path(args.out))
+    for p in written:
+        print(p)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .config import load_grid
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or load_grid(args.config)["tracking_uri"])
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving the MLflow UI on {args.host}, reachable from other machines", file=sys.stderr)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    except KeyboardInterrupt:
+        return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dgmbench", description="Benchmark suite for deep generative models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress lines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered models and datasets").set_defaults(fn=cmd_list)
+
+    t = sub.add_parser("train", help="train one (dataset, model, seed) run")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--model", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--config", help="grid config file (default: built-in defaults)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run setting, e.g. train.max_epochs=5, hparams.latent_dim=8 (repeatable)")
+    t.add_argument("--out", help="run directory (default: <runs_dir>/<dataset>/<model>/seed<seed>)")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json")
+    e.add_argument("--run", required=True, help="run directory written by `dgmbench train`")
+    e.add_argument("--only", nargs="*", help="evaluate only these sections")
+    e.set_defaults(fn=cmd_evaluate)
+
+    tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")
+    tb.add_argument("--runs", default="results/runs")
+    tb.add_argument("--out", default="results")
+    tb.set_defaults(fn=cmd_tables)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI for the project's tracking store")
+    u.add_argument("--config", help="grid config whose tracking_uri to use")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.debug:
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except _user_errors() as err:
+        msg = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.strerror}: {err.filename}"
+        print(f"dgmbench: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("dgmbench: interrupted; a rerun resumes from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

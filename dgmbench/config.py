@@ -1,0 +1,344 @@
+"""Configuration flows one way: YAML → JSON-schema check → dataclasses → model.
+
+A *grid* file (``config/*.yaml``) names datasets × models × seeds and the settings of each model; it is
+checked against ``workflow/schemas/config.schema.yaml`` (shipped in the package as
+``dgmbench/resources/config.schema.yaml``) and then against the registries and the dataclasses, so an unknown
+model, dataset or key, or a value of the wrong type, stops with a message naming the field and the choices.
+
+A *run* config is one (dataset, model, seed) resolved from the grid: family defaults < ``train.all`` <
+``train.<model>`` < ``--set``. It is saved beside every result and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``str()`` is the complete user-facing message."""
+
+
+# ------------------------------------------------------------------------------------------- dataclasses
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a dataclass field type; returns (ok, coerced value). int → float is allowed."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        out = []
+        for item in value:
+            ok, v = _type_ok(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, (tuple(out) if origin is tuple else out)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, tp) if isinstance(tp, type) else True, value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def build_dataclass(cls: type, values: dict[str, Any] | None, *, where: str):
+    """Instantiate dataclass ``cls`` from ``values``, failing loudly on unknown keys or wrong types."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}; valid keys for {where}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        ok, coerced = _type_ok(value, hints[name])
+        if not ok:
+            raise ConfigError(
+                f"{where}.{name} = {value!r} has the wrong type: expected {_type_name(hints[name])}"
+            )
+        kwargs[name] = coerced
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    """Settings of the shared trainer. Each family may change these defaults (``train_defaults``)."""
+
+    batch_size: int = 64  # images per gradient step
+    lr: float = 1e-3  # Adam learning rate (families with several optimisers scale from it)
+    weight_decay: float = 0.0  # Adam L2 penalty
+    max_epochs: int = 100  # the training budget, in passes over the training split
+    patience: int = 20  # early stopping: epochs without validation improvement; 0 = off
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
+    checkpoint_every: int = 5  # epochs between resumable checkpoints (last.pt)
+    num_train: int = 0  # use only the first n training images (smoke tests); 0 = all
+    num_val: int = 0  # use only the first n validation images; 0 = all
+
+    def validate(self):
+        for name in ("batch_size", "max_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("patience", "checkpoint_every", "num_train", "num_val"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+# ------------------------------------------------------------------------------------------------ grid
+GRID_DEFAULTS: dict[str, Any] = {
+    "datasets": ["digits"],
+    "models": None,  # None = every registered model
+    "seeds": [0, 1, 2],
+    "runs_dir": "results/runs",
+    "results_dir": "results",
+    "device": "auto",
+    "threads": 1,
+    "data_root": None,
+    "tracking_uri": None,
+    "experiment": "dgmbench",
+    "train": {},
+    "hparams": {},
+    "eval": {},
+}
+
+RUN_KEYS = ("device", "threads", "data_root", "tracking_uri", "experiment")
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("dgmbench") / "resources" / "config.schema.yaml"))
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _schema_errors(cfg: dict) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    err = errors[0]
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        raise ConfigError(f"unknown key {extra[0]!r} in {where}; valid keys: {', '.join(allowed)}")
+    raise ConfigError(f"config field {where}: {err.message}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def validate_grid(raw: dict) -> dict:
+    """Check a grid config (schema, registries, every model's and evaluator's keys); return it with defaults."""
+    from .data import DATASETS
+    from .metrics import EVALUATORS
+    from .models import MODELS
+
+    _schema_errors(raw)
+    cfg = {**GRID_DEFAULTS, **raw}
+    if cfg["models"] is None:
+        cfg["models"] = MODELS.names()
+    for ds in cfg["datasets"]:
+        DATASETS.get(ds)  # raises UnknownNameError listing the valid ones
+    for m in cfg["models"]:
+        MODELS.get(m)
+    for section in ("train", "hparams"):
+        for key in cfg[section]:
+            if key != "all" or section == "hparams":
+                if key not in MODELS:
+                    valid = (["all"] if section == "train" else []) + MODELS.names()
+                    raise ConfigError(f"unknown model {key!r} in {section}; valid keys: {', '.join(valid)}")
+    for key in cfg["eval"]:
+        EVALUATORS.get(key)
+    # Build every run's dataclasses once so type errors surface before any job starts.
+    for m in cfg["models"]:
+        resolve_run(cfg, dataset=cfg["datasets"][0], model=m, seed=cfg["seeds"][0])
+    return cfg
+
+
+def load_grid(path: str | Path | None) -> dict:
+    return validate_grid(read_yaml(path) if path else {})
+
+
+# ------------------------------------------------------------------------------------------------- run
+@dataclass
+class RunConfig:
+    dataset: str
+    model: str
+    seed: int
+    train: TrainConfig
+    hparams: Any  # the family's Config dataclass
+    eval: dict[str, Any] = field(default_factory=dict)  # evaluator name → its Config dataclass
+    device: str = "auto"
+    threads: int = 1
+    data_root: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = "dgmbench"
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "seed": self.seed,
+            **{k: getattr(self, k) for k in RUN_KEYS},
+            "train": dataclasses.asdict(self.train),
+            "hparams": dataclasses.asdict(self.hparams),
+            "eval": {k: dataclasses.asdict(v) for k, v in self.eval.items()},
+        }
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.model}-{self.dataset}-seed{self.seed}"
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars and lists, with numbers like ``1e-3`` read as floats."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_sets(run: dict, sets: list[str]) -> dict:
+    """Apply ``key=value`` overrides to a run dict (keys like ``train.lr``, ``hparams.latent_dim``)."""
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.max_epochs=5)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = run
+        for i, p in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or p not in node:
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ConfigError(f"unknown key {'.'.join(parts[: i + 1])!r} in --set; valid keys: {', '.join(valid)}")
+            node = node[p]
+        leaf = parts[-1]
+        if not isinstance(node, dict) or leaf not in node:
+            valid = sorted(node) if isinstance(node, dict) else []
+            raise ConfigError(f"unknown key {key!r} in --set; valid keys here: {', '.join(valid)}")
+        node[leaf] = parse_value(text)
+    return run
+
+
+def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[str] | None = None) -> RunConfig:
+    """Resolve one run from a validated grid: family defaults < train.all < train.<model> < --set."""
+    from .data import DATASETS
+    from .metrics import EVALUATORS
+    from .models import MODELS
+
+    DATASETS.get(dataset)
+    cls = MODELS.get(model)
+    train = {
+        **dataclasses.asdict(TrainConfig()),
+        **cls.train_defaults,
+        **grid["train"].get("all", {}),
+        **grid["train"].get(model, {}),
+    }
+    hparams = {**dataclasses.asdict(cls.Config()), **grid["hparams"].get(model, {})}
+    evals = {
+        name: {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})}
+        for name in EVALUATORS.names()
+    }
+    run = {
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        **{k: grid.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
+        "train": train,
+        "hparams": hparams,
+        "eval": evals,
+    }
+    apply_sets(run, sets or [])
+    return run_from_dict(run)
+
+
+def run_from_dict(run: dict) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from its dict form (a saved config), re-validating everything."""
+    from .metrics import EVALUATORS
+    from .models import MODELS
+
+    cls = MODELS.get(run["model"])
+    if not isinstance(run.get("seed"), int) or run["seed"] < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {run.get('seed')!r}")
+    if run.get("device", "auto") not in ("auto", "cpu") and not str(run["device"]).startswith("cuda"):
+        raise ConfigError(f"device = {run['device']!r}; valid: auto, cpu, cuda, cuda:N")
+    if not isinstance(run.get("threads", 1), int) or run.get("threads", 1) < 1:
+        raise ConfigError(f"threads must be an integer ≥ 1, got {run.get('threads')!r}")
+    return RunConfig(
+        dataset=run["dataset"],
+        model=run["model"],
+        seed=run["seed"],
+        train=build_dataclass(TrainConfig, run["train"], where="train"),
+        hparams=build_dataclass(cls.Config, run["hparams"], where=f"hparams.{run['model']}"),
+        eval={
+            name: build_dataclass(EVALUATORS.get(name).Config, vals, where=f"eval.{name}")
+            for name, vals in run.get("eval", {}).items()
+        },
+        **{k: run.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
+    )

@@ -1,0 +1,8 @@
+"""Model families, one file each, registered by name (``dgmbench list`` shows them)."""
+
+from .base import MODELS, GenerativeModel, Likelihood, get_model, list_models, register_model
+
+# Importing a family's module registers it.
+from . import vae  # noqa: E402,F401
+
+__all__ = ["MODELS", "GenerativeModel", "Likelihood", "get_model", "list_models", "register_model"]

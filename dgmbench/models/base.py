@@ -1,0 +1,178 @@
+"""The one contract every dgmbench model follows, and the model registry.
+
+A model is an ``nn.Module`` that declares, as class attributes, what it can do (the evaluator reads these
+declarations; it never probes with ``hasattr``):
+
+* ``likelihood`` — :class:`Likelihood.EXACT` (``log_prob`` is log p(x)), ``BOUND`` (``log_prob`` is a lower
+  bound such as the ELBO), or ``NONE``;
+* ``can_sample`` — ``sample(num_samples)`` draws images;
+* ``can_embed`` — ``embed(x)`` gives a representation for the linear probe.
+
+Public methods validate their input and call the private ``_log_prob`` / ``_sample`` / ``_embed`` that each
+family implements (the nflows pattern). Every image ``x`` is a tensor of integer levels ``0..L-1`` of shape
+``(B, C, H, W)`` — the data's own discrete values — so every log-probability is on one scale (DESIGN.md).
+
+Training: the shared trainer calls ``train_step(x, optimizers)``. The default takes one gradient step on
+``loss(x)``; families with their own update (GAN, contrastive) override ``train_step`` and
+``configure_optimizers`` instead of adding flags to the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data import DatasetInfo
+from ..registry import Registry
+
+
+class Likelihood(str, enum.Enum):
+    EXACT = "exact"  # log_prob(x) = log p(x) on the discrete data
+    BOUND = "bound"  # log_prob(x) ≤ log p(x) (ELBO, dequantisation bound, diffusion VLB)
+    NONE = "none"  # no likelihood (implicit models, encoders)
+
+
+class GenerativeModel(nn.Module):
+    # --- declarations, overridden by each family ---------------------------------------------------------
+    name: ClassVar[str] = ""  # set by @register_model
+    family: ClassVar[str] = ""  # row label in the comparison tables, e.g. "prescribed (VAE)"
+    description: ClassVar[str] = ""  # one line for `dgmbench list`
+    Config: ClassVar[type]  # the family's hyperparameter dataclass
+    likelihood: ClassVar[Likelihood] = Likelihood.NONE
+    estimator: ClassVar[str] = "none"  # how log_prob is obtained: "exact", "ELBO", "dequantised bound", ...
+    supports_iwae: ClassVar[bool] = False  # latent-variable families: log_prob_iwae(x, k) is defined
+    can_sample: ClassVar[bool] = False
+    can_embed: ClassVar[bool] = False
+    embed_note: ClassVar[str] = ""  # what embed() returns, or why the family cannot embed
+    train_defaults: ClassVar[dict[str, Any]] = {}  # family budget: overrides of TrainConfig defaults
+
+    def __init__(self, cfg, info: DatasetInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+
+    # --- training ----------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar objective to minimise on a batch of integer images, and floats to log."""
+        raise NotImplementedError
+
+    def configure_optimizers(self, train_cfg) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)]
+
+    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer], train_cfg) -> dict[str, float]:
+        """One update on a batch. Returns the floats to log; ``"loss"`` is the curve the trainer tracks."""
+        (opt,) = optimizers
+        opt.zero_grad(set_to_none=True)
+        loss, logs = self.loss(x)
+        loss.backward()
+        if train_cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.parameters(), train_cfg.grad_clip)
+        opt.step()
+        return {"loss": float(loss.detach()), **logs}
+
+    @torch.no_grad()
+    def validation_score(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B,) per-image score, lower is better, for early stopping; ``None`` = no early stopping.
+
+        Likelihood families default to the negative log-likelihood (or bound) in nats.
+        """
+        if self.likelihood is Likelihood.NONE:
+            return None
+        return -self.log_prob(x)
+
+    @property
+    def validation_is_nll(self) -> bool:
+        """Whether ``validation_score`` is a negative log-likelihood (or bound) in nats, loggable as bits/dim."""
+        return self.likelihood is not Likelihood.NONE
+
+    def check_diverged(self, epoch_logs: dict[str, float]) -> str | None:
+        """Family-specific divergence test after each epoch (e.g. GAN mode collapse); a reason or None.
+
+        The trainer already ends runs whose logged values are NaN/inf.
+        """
+        return None
+
+    # --- the public contract -----------------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) log p(x) in nats (exact) or a lower bound on it, per ``likelihood``."""
+        if self.likelihood is Likelihood.NONE:
+            raise TypeError(f"model {self.name!r} has no likelihood (likelihood = none)")
+        return self._log_prob(self.check_input(x))
+
+    def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(B,) importance-weighted bound with k samples (``supports_iwae`` families)."""
+        raise TypeError(f"model {self.name!r} has no importance-weighted bound (supports_iwae = False)")
+
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """(num_samples, C, H, W) int64 images with values in 0..L-1."""
+        if not self.can_sample:
+            raise TypeError(f"model {self.name!r} cannot sample")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
+        out = self._sample(num_samples)
+        assert out.shape == (num_samples, *self.info.shape), out.shape
+        return out
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) features of each image for the linear probe (deterministic, eval mode)."""
+        if not self.can_embed:
+            raise TypeError(f"model {self.name!r} gives no representation: {self.embed_note or 'not declared'}")
+        return self._embed(self.check_input(x))
+
+    @property
+    def sampling_passes(self) -> int:
+        """Network evaluations per sample (1 for one-shot decoders, D for an ARM, T for diffusion)."""
+        return 1
+
+    # --- what families implement -------------------------------------------------------------------------
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample(self, num_samples: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.info.shape:
+            raise ValueError(f"expected images of shape (B, {', '.join(map(str, self.info.shape))}), got {tuple(x.shape)}")
+        if x.is_floating_point():
+            raise ValueError("expected integer pixel levels (uint8/int64), got floats; pass the dataset's values")
+        return x.long()
+
+
+MODELS: Registry[type[GenerativeModel]] = Registry("model")
+
+
+def register_model(name: str):
+    """Class decorator: register a :class:`GenerativeModel` under ``name`` (duplicates are refused)."""
+
+    def decorator(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+            raise TypeError(f"model {name!r} must define a dataclass `Config` of hyperparameters")
+        cls.name = name
+        return MODELS.register(name)(cls)
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def get_model(name: str, info: DatasetInfo, **hparams) -> GenerativeModel:
+    """Build model ``name`` for a dataset; unknown hyperparameters fail with the valid ones listed."""
+    cls = MODELS.get(name)
+    from ..config import build_dataclass  # late import: config imports the registries
+
+    return cls(build_dataclass(cls.Config, hparams, where=f"hparams.{name}"), info)

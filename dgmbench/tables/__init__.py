@@ -1,0 +1,92 @@
+"""results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else.
+
+Each table module registers a builder ``fn(runs, out_dir) -> list[Path]`` with :func:`register_table`;
+``dgmbench tables`` loads every ``metrics.json`` under the runs directory and calls every builder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from ..registry import Registry
+
+log = logging.getLogger("dgmbench.tables")
+
+TABLES: Registry[Callable] = Registry("table")
+
+
+def register_table(name: str):
+    return TABLES.register(name)
+
+
+def load_runs(runs_dir: Path) -> list[dict]:
+    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``)."""
+    runs = []
+    for path in sorted(Path(runs_dir).glob("**/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); rerun `dgmbench evaluate --run {path.parent}`") from None
+        m["_dir"] = str(path.parent)
+        runs.append(m)
+    return runs
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    s = pd.Series(vals)
+    return float(s.mean()), float(s.std(ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def fmt_mean_sd(values: Iterable[float], digits: int = 2) -> str:
+    """"m ± sd" over seeds (sample sd, ddof=1), "m" for one value, "—" for none."""
+    m, sd, n = mean_sd(values)
+    if n == 0:
+        return "—"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, notes: list[str] = (), tex: bool = False) -> list[Path]:
+    """Write ``tables/<name>.csv`` and ``.md`` (and ``.tex``); notes go under the markdown table."""
+    tdir = Path(out_dir) / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    paths = [tdir / f"{name}.csv", tdir / f"{name}.md"]
+    df.to_csv(paths[0], index=False)
+    md = df.to_markdown(index=False) if len(df) else "(no runs)"
+    text = md + "\n"
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    paths[1].write_text(text)
+    if tex:
+        paths.append(tdir / f"{name}.tex")
+        paths[-1].write_text(df.to_latex(index=False, escape=True))
+    return paths
+
+
+def group_runs(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(dataset, model) → runs, in a stable order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(runs, key=lambda r: (r["run"]["dataset"], r["run"]["model"], r["run"]["seed"])):
+        groups.setdefault((r["run"]["dataset"], r["run"]["model"]), []).append(r)
+    return groups
+
+
+def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json under {runs_dir}; run the pipeline (snakemake) or dgmbench evaluate first")
+    written = []
+    for name in TABLES.names():
+        written += TABLES.get(name)(runs, Path(out_dir))
+    return written
+
+
+from . import figures, likelihood  # noqa: E402,F401  (register the builders)

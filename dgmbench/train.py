@@ -1,0 +1,216 @@
+"""One training loop for every family. It knows nothing about the model (minGPT's trainer): it shuffles the
+training split, calls ``model.train_step`` per batch, scores the validation split for early stopping, logs each
+epoch to MLflow, and checkpoints so a killed job resumes where it stopped.
+
+Outputs in ``out_dir``: ``config.yaml`` (resolved), ``checkpoint.pt`` (best model + record), ``last.pt``
+(resume state), ``curve.csv`` (one row per epoch), ``samples.png`` (families that sample), ``mlflow_run_id``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import RunConfig, run_from_dict
+from .data import load_dataset
+from .distributions import nats_to_bits_per_dim
+from .models import get_model
+from .runtime import resolve_device, rng_state, seed_everything, set_rng_state, set_threads
+from .tracking import Tracker, flatten, run_tags
+
+log = logging.getLogger("dgmbench.train")
+
+
+class ResumeMismatch(RuntimeError):
+    pass
+
+
+def write_config(run: RunConfig, out_dir: Path) -> None:
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    from .config import ConfigError, read_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"no config.yaml in {run_dir}; is it a dgmbench run directory (dgmbench train --out DIR)?")
+    return run_from_dict(read_yaml(path))
+
+
+def build(run: RunConfig):
+    """Dataset, model on its device, and the device, for a resolved run."""
+    set_threads(run.threads)
+    device = resolve_device(run.device)
+    dataset = load_dataset(run.dataset, run.data_root)
+    from dataclasses import asdict
+
+    model = get_model(run.model, dataset.info, **asdict(run.hparams)).to(device)
+    return dataset, model, device
+
+
+@torch.no_grad()
+def validation_score(model, x: torch.Tensor, device, batch_size: int = 512) -> float | None:
+    """Mean per-image validation score (lower is better), or None if the family defines none."""
+    model.eval()
+    scores = []
+    for i in range(0, len(x), batch_size):
+        s = model.validation_score(x[i : i + batch_size].to(device))
+        if s is None:
+            return None
+        scores.append(s.double().cpu())
+    return float(torch.cat(scores).mean())
+
+
+def save_sample_grid(model, path: Path, num_samples: int = 64) -> None:
+    from torchvision.utils import save_image
+
+    model.eval()
+    with torch.no_grad():
+        x = model.sample(num_samples).float() / (model.info.num_levels - 1)  # (N, C, H, W) in [0, 1]
+    scale = max(1, 64 // max(model.info.shape[1:]))  # make 8×8 digits legible
+    if scale > 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    save_image(x.cpu(), path, nrow=8, padding=2, pad_value=0.5)
+
+
+def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dict:
+    """Train one run (or resume it from ``out_dir/last.pt``); returns the training record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run, out_dir)
+    seed_everything(run.seed)
+    dataset, model, device = build(run)
+    tc = run.train
+    optimizers = model.configure_optimizers(tc)
+    tracker = Tracker(run.tracking_uri, run.experiment)  # fails here, before any training, if unreachable
+    run_id = tracker.start_run(out_dir, run.run_name, flatten(run.to_dict()), run_tags(run.seed))
+
+    x_train = dataset.train.x[: tc.num_train or None]
+    x_val = dataset.val.x[: tc.num_val or None]
+    shuffle = torch.Generator().manual_seed(run.seed)
+
+    # Early-stopping and progress state; all of it goes into last.pt.
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "curve": [], "seconds": 0.0,
+             "status": "ok", "diverged_epoch": None, "diverged_reason": None, "stopped_early": False}
+    best_state = copy.deepcopy(model.state_dict())
+    resume_path = out_dir / "last.pt"
+    if resume_path.exists():
+        saved = checkpoint.load(resume_path, "resume")
+        if saved["config"] != run.to_dict():
+            raise ResumeMismatch(
+                f"{resume_path} was written with a different config; delete {out_dir} to start over, or rerun "
+                "with the config it was trained with"
+            )
+        model.load_state_dict(saved["model_state"])
+        for opt, s in zip(optimizers, saved["optimizer_states"]):
+            opt.load_state_dict(s)
+        best_state = saved["best_state"]
+        state = saved["state"]
+        set_rng_state(saved["rng"])
+        shuffle.set_state(saved["shuffle_rng"])
+        log.info("resuming %s from epoch %d", run.run_name, state["epoch"])
+        tracker.set_tags(run_id, {"resumed_from_epoch": state["epoch"]})
+
+    def save_resume():
+        checkpoint.save(
+            {"config": run.to_dict(), "model_state": model.state_dict(),
+             "optimizer_states": [o.state_dict() for o in optimizers], "best_state": best_state,
+             "state": state, "rng": rng_state(), "shuffle_rng": shuffle.get_state()},
+            resume_path, "resume",
+        )
+
+    bar = tqdm(range(state["epoch"], tc.max_epochs), desc=run.run_name, unit="epoch",
+               disable=(not progress) if progress is not None else None, leave=False)
+    done = state["epoch"] >= tc.max_epochs or state["stopped_early"] or state["status"] != "ok"
+    for epoch in ([] if done else bar):
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        perm = torch.randperm(len(x_train), generator=shuffle)
+        for i in range(0, len(x_train), tc.batch_size):
+            xb = x_train[perm[i : i + tc.batch_size]].to(device)
+            logs = model.train_step(xb, optimizers, tc)
+            for k, v in logs.items():
+                sums[k] += float(v) * len(xb)
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / len(x_train) for k, v in sums.items()}}
+        reason = None
+        if not all(math.isfinite(v) for v in row.values()):
+            reason = "non-finite training loss"
+        reason = reason or model.check_diverged(row)
+        val = None if reason else validation_score(model, x_val, device)
+        if val is not None:
+            row["val_nats"] = val
+            if model.validation_is_nll:
+                row["val_bpd"] = float(nats_to_bits_per_dim(val, dataset.info.num_dims))
+            if not math.isfinite(val):
+                reason = "non-finite validation score"
+        state["seconds"] += time.perf_counter() - t0
+        row["seconds"] = state["seconds"]
+        state["curve"].append(row)
+        state["epoch"] = epoch + 1
+        tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        if reason:
+            state.update(status="diverged", diverged_epoch=epoch + 1, diverged_reason=reason)
+            log.warning("%s diverged at epoch %d: %s", run.run_name, epoch + 1, reason)
+            break
+        if val is None or val < state["best_val"]:
+            state.update(best_val=val if val is not None else math.inf, best_epoch=epoch + 1, bad_epochs=0)
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_nats") if k in row})
+        if tc.patience and state["bad_epochs"] >= tc.patience:
+            state["stopped_early"] = True
+            break
+        if tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
+            save_resume()
+    bar.close()
+    save_resume()
+
+    model.load_state_dict(best_state)
+    record = {
+        "status": state["status"],
+        "diverged_epoch": state["diverged_epoch"],
+        "diverged_reason": state["diverged_reason"],
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "stopped_early": state["stopped_early"],
+        "best_val_nats": state["best_val"] if math.isfinite(state["best_val"]) else None,
+        "train_seconds": state["seconds"],
+        "curve": state["curve"],
+    }
+    checkpoint.save({"config": run.to_dict(), "model_state": best_state, "record": record}, out_dir / "checkpoint.pt", "model")
+    write_curve(state["curve"], out_dir / "curve.csv")
+    artifacts = [out_dir / "curve.csv", out_dir / "config.yaml"]
+    if model.can_sample and state["status"] == "ok":
+        seed_everything(run.seed)
+        save_sample_grid(model, out_dir / "samples.png")
+        artifacts.append(out_dir / "samples.png")
+    for path in artifacts:
+        tracker.log_artifact(run_id, path)
+    tracker.set_tags(run_id, {"status": state["status"], "epochs_run": state["epoch"]})
+    tracker.log_metrics(run_id, {"train_seconds": state["seconds"], "epochs_run": state["epoch"]})
+    log.info("%s: %s after %d epochs (best %d) in %.1fs", run.run_name, state["status"], state["epoch"],
+             state["best_epoch"], state["seconds"])
+    return record
+
+
+def write_curve(rows: list[dict], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys or ["epoch"])
+        w.writeheader()
+        w.writerows(rows)

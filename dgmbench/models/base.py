@@ -45,6 +45,8 @@ class GenerativeModel(nn.Module):
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     estimator: ClassVar[str] = "none"  # how log_prob is obtained: "exact", "ELBO", "dequantised bound", ...
     supports_iwae: ClassVar[bool] = False  # latent-variable families: log_prob_iwae(x, k) is defined
+    autoregressive: ClassVar[bool] = False  # conditional_logits(x) gives every p(x_d | x_<d) (lossless coding)
+    lossy: ClassVar[bool] = False  # reconstruct(x) and latent_rate_nats(x) are defined (lossy compression)
     can_sample: ClassVar[bool] = False
     can_embed: ClassVar[bool] = False
     embed_note: ClassVar[str] = ""  # what embed() returns, or why the family cannot embed
@@ -106,6 +108,22 @@ class GenerativeModel(nn.Module):
     def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """(B,) importance-weighted bound with k samples (``supports_iwae`` families)."""
         raise TypeError(f"model {self.name!r} has no importance-weighted bound (supports_iwae = False)")
+
+    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C, H, W) logits of p(x_d | x_<d) for every position d (``autoregressive`` families).
+
+        Order: raster over (h, w), and channels 0..C-1 within a pixel; the logits at position d depend only on
+        the values of ``x`` at earlier positions, so a decoder can rebuild ``x`` one position at a time.
+        """
+        raise TypeError(f"model {self.name!r} is not autoregressive")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float reconstruction in level units from the latent code (``lossy`` families)."""
+        raise TypeError(f"model {self.name!r} does not reconstruct (lossy = False)")
+
+    def latent_rate_nats(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) KL(q(z|x) ‖ p(z)) in nats: the rate of the latent code (``lossy`` families)."""
+        raise TypeError(f"model {self.name!r} has no latent code (lossy = False)")
 
     def sample(self, num_samples: int) -> torch.Tensor:
         """(num_samples, C, H, W) int64 images with values in 0..L-1."""

@@ -110,6 +110,7 @@ class VAE(GenerativeModel):
     likelihood = Likelihood.BOUND
     estimator = "ELBO"
     supports_iwae = True
+    lossy = True
     can_sample = True
     can_embed = True
     embed_note = "encoder mean μ_φ(x)"
@@ -171,3 +172,7 @@ class VAE(GenerativeModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder mean at z = μ_φ(x): (B, C, H, W) floats in level units (lossy compression)."""
         return self.decoder_dist.mean_image(self.decoder(self.encode(self.check_input(x))[0]))
+
+    def latent_rate_nats(self, x: torch.Tensor) -> torch.Tensor:
+        mu, log_var = self.encode(self.check_input(x))
+        return 0.5 * (mu**2 + log_var.exp() - 1.0 - log_var).sum(1)

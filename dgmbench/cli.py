@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
 
     grid = load_grid(args.config)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
-    out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.model / f"seed{run.seed}"
+    out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
     record = train(run, out)
     print(f"{run.run_name}: {record['status']} after {record['epochs_run']} epochs "
           f"({record['train_seconds']:.1f}s); checkpoint in {out}")

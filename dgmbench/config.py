@@ -6,7 +6,11 @@ checked against ``workflow/schemas/config.schema.yaml`` (shipped in the package 
 model, dataset or key, or a value of the wrong type, stops with a message naming the field and the choices.
 
 A *run* config is one (dataset, model, seed) resolved from the grid: family defaults < ``train.all`` <
-``train.<model>`` < ``--set``. It is saved beside every result and inside every checkpoint.
+``train.<model>`` < ``--set``.
+
+*Variants* are named copies of a model with other settings, usable wherever a model name is (a β sweep of the
+VAE, a learning-rate sensitivity sweep): ``variants: {vae-beta4: {model: vae, hparams: {beta: 4.0}}}``. A
+variant inherits its base model's ``train``/``hparams`` sections, then applies its own. It is saved beside every result and inside every checkpoint.
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ GRID_DEFAULTS: dict[str, Any] = {
     "train": {},
     "hparams": {},
     "eval": {},
+    "variants": {},
 }
 
 RUN_KEYS = ("device", "threads", "data_root", "tracking_uri", "experiment")
@@ -196,15 +201,21 @@ def validate_grid(raw: dict) -> dict:
     cfg = {**GRID_DEFAULTS, **raw}
     if cfg["models"] is None:
         cfg["models"] = MODELS.names()
+    for name, variant in cfg["variants"].items():
+        if name in MODELS:
+            raise ConfigError(f"variant {name!r} has the name of a registered model; choose another name")
+        MODELS.get(variant["model"])
+    valid_models = MODELS.names() + sorted(cfg["variants"])
     for ds in cfg["datasets"]:
         DATASETS.get(ds)  # raises UnknownNameError listing the valid ones
     for m in cfg["models"]:
-        MODELS.get(m)
+        if m not in valid_models:
+            raise ConfigError(f"unknown model {m!r} in models; valid models: {', '.join(valid_models)}")
     for section in ("train", "hparams"):
         for key in cfg[section]:
             if key != "all" or section == "hparams":
-                if key not in MODELS:
-                    valid = (["all"] if section == "train" else []) + MODELS.names()
+                if key not in valid_models:
+                    valid = (["all"] if section == "train" else []) + valid_models
                     raise ConfigError(f"unknown model {key!r} in {section}; valid keys: {', '.join(valid)}")
     for key in cfg["eval"]:
         EVALUATORS.get(key)
@@ -222,7 +233,7 @@ def load_grid(path: str | Path | None) -> dict:
 @dataclass
 class RunConfig:
     dataset: str
-    model: str
+    model: str  # the registered model (family)
     seed: int
     train: TrainConfig
     hparams: Any  # the family's Config dataclass
@@ -232,11 +243,13 @@ class RunConfig:
     data_root: str | None = None
     tracking_uri: str | None = None
     experiment: str = "dgmbench"
+    variant: str | None = None  # the grid's variant name, if this run is one (e.g. "vae-beta4")
 
     def to_dict(self) -> dict:
         return {
             "dataset": self.dataset,
             "model": self.model,
+            "variant": self.variant,
             "seed": self.seed,
             **{k: getattr(self, k) for k in RUN_KEYS},
             "train": dataclasses.asdict(self.train),
@@ -245,8 +258,13 @@ class RunConfig:
         }
 
     @property
+    def label(self) -> str:
+        """The name this run goes by in the grid, tables and run directories: the variant or the model."""
+        return self.variant or self.model
+
+    @property
     def run_name(self) -> str:
-        return f"{self.model}-{self.dataset}-seed{self.seed}"
+        return f"{self.label}-{self.dataset}-seed{self.seed}"
 
 
 def parse_value(text: str) -> Any:
@@ -293,21 +311,25 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
     from .models import MODELS
 
     DATASETS.get(dataset)
-    cls = MODELS.get(model)
+    variant = grid.get("variants", {}).get(model)
+    base = variant["model"] if variant else model
+    cls = MODELS.get(base)
     train = {
         **dataclasses.asdict(TrainConfig()),
         **cls.train_defaults,
         **grid["train"].get("all", {}),
-        **grid["train"].get(model, {}),
+        **grid["train"].get(base, {}),
+        **(variant or {}).get("train", {}),
     }
-    hparams = {**dataclasses.asdict(cls.Config()), **grid["hparams"].get(model, {})}
+    hparams = {**dataclasses.asdict(cls.Config()), **grid["hparams"].get(base, {}), **(variant or {}).get("hparams", {})}
     evals = {
         name: {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})}
         for name in EVALUATORS.names()
     }
     run = {
         "dataset": dataset,
-        "model": model,
+        "model": base,
+        "variant": model if variant else None,
         "seed": seed,
         **{k: grid.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
         "train": train,
@@ -333,6 +355,7 @@ def run_from_dict(run: dict) -> RunConfig:
     return RunConfig(
         dataset=run["dataset"],
         model=run["model"],
+        variant=run.get("variant"),
         seed=run["seed"],
         train=build_dataclass(TrainConfig, run["train"], where="train"),
         hparams=build_dataclass(cls.Config, run["hparams"], where=f"hparams.{run['model']}"),

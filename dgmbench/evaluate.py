@@ -45,7 +45,9 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None) -> dict:
     metrics: dict = {
         "run": {
             "dataset": run.dataset,
-            "model": run.model,
+            "model": run.label,  # the grid's name: the model, or its variant
+            "base_model": run.model,
+            "variant": run.variant,
             "seed": run.seed,
             "family": model.family,
             "likelihood": model.likelihood.value,

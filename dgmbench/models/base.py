@@ -50,6 +50,7 @@ class GenerativeModel(nn.Module):
     can_sample: ClassVar[bool] = False
     can_embed: ClassVar[bool] = False
     embed_note: ClassVar[str] = ""  # what embed() returns, or why the family cannot embed
+    closed_form: ClassVar[bool] = False  # fitted in closed form (one pass), not by gradient steps (e.g. PCA)
     train_defaults: ClassVar[dict[str, Any]] = {}  # family budget: overrides of TrainConfig defaults
 
     def __init__(self, cfg, info: DatasetInfo):

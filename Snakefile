@@ -1,0 +1,25 @@
+# dgmbench: train every model family across datasets and seeds, evaluate, and rebuild results/.
+#   pip users:    make bench          (or: snakemake --cores 2)
+#   conda users:  snakemake --cores 8 --use-conda
+#   another grid: snakemake --cores 2 --configfile config/smoke.yaml
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/tables",
+        f"{RESULTS}/figures",

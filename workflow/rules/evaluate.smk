@@ -1,0 +1,16 @@
+rule evaluate:
+    """Evaluate a trained run on the test split: writes metrics.json and logs it to the run's MLflow run."""
+    input:
+        checkpoint=f"{RUN_DIR}/checkpoint.pt",
+    output:
+        metrics=f"{RUN_DIR}/metrics.json",
+    log:
+        f"{LOGS}/evaluate/{{dataset}}/{{model}}/seed{{seed}}.log",
+    params:
+        run=RUN_DIR,
+        settings=eval_settings_hash,
+    threads: GRID.get("threads", 1)
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --run {params.run} > {log} 2>&1"

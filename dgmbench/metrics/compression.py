@@ -1,0 +1,341 @@
+"""Compression, measured: lossless with a real entropy coder, lossy as a rate–distortion point.
+
+Lossless (evaluator ``compression``). A model with exact per-dimension conditionals p(x_d | x_<d) (an
+``autoregressive`` family) is an entropy coder: with asymmetric numeral systems (ANS, Duda 2013; the
+``constriction`` library's ``AnsCoder``) an image costs −Σ_d log₂ p(x_d | x_<d) bits plus a constant of at most
+a few machine words for the whole stream. We *encode* the test split from one teacher-forced pass of
+``conditional_logits`` (every conditional at once), *decode* it position by position — each step runs the
+network on the partially decoded batch and pops one symbol per image — and check that the round trip is
+bit-exact. Encoder and decoder quantise the same float64 probabilities (softmax of the logits in float64 on the
+CPU), so the integer tables constriction builds are identical on both sides as long as the network computes the
+same logits from the same prefix (the contract's causality). The coded size is the length of the bitstream.
+
+ANS is a stack (last in, first out), so the symbols are pushed position-major and in reverse: for positions
+d = D−1..0, images n = B−1..0; the decoder then pops position 0 of every image, then position 1, and so on.
+
+Families without exact per-dimension conditionals get no bitstream, with the reason: a flow needs a discrete
+flow (IDF) or bits-back coding with dequantisation, a VAE needs bits-back coding of its latent (BB-ANS). Neither
+is implemented here; their ideal rates are their NLL (bound) in bits/dim.
+
+Every run also reports general-purpose lossless coders on the same images, stored as one byte per value holding
+the level 0..L−1 (raw bytes for gzip/lzma; one greyscale mosaic of all test images, 8-bit samples holding the
+levels, for PNG and lossless WebP — a per-image PNG would be mostly header). Their bits/dim use the same D.
+
+Lossy (evaluator ``lossy``, for ``lossy`` families): the rate is KL(q(z|x) ‖ p(z)) in bits per image, the cost
+of communicating a sample of q(z|x) with relative-entropy / bits-back coding (an ideal rate, not a bitstream);
+the distortion is the MSE of ``reconstruct(x)`` in level units and the PSNR, 10 log₁₀((L−1)² / MSE). JPEG at
+several qualities on the same images (levels scaled to 0..255, one greyscale mosaic so the header is shared;
+8×8 images sit exactly on JPEG's 8×8 blocks) gives reference points; its bits are the encoded file size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..distributions import LOG2
+from ..models.base import Likelihood
+from . import register_evaluator
+
+
+# ------------------------------------------------------------------------------------------ ANS coding
+def _categorical_family():
+    import constriction
+
+    # perfect=False: fast, deterministic quantisation of the float probabilities into the coder's integer
+    # table; encoder and decoder must use the same setting (they do: this one function).
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def positions(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """The coding order of the contract: raster over (h, w), channels 0..C−1 within a pixel → [(c, h, w)]."""
+    C, H, W = shape
+    return [(c, h, w) for h in range(H) for w in range(W) for c in range(C)]
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    """Logits (..., L) → float64 probabilities on the CPU (the exact numbers both sides hand to the coder)."""
+    return torch.softmax(logits.detach().to("cpu", torch.float64), dim=-1).numpy()
+
+
+@torch.no_grad()
+def encode_autoregressive(model, x: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Encode a batch of images with the model's conditionals.
+
+    Args:
+        model: an ``autoregressive`` model (``conditional_logits(x)`` → (B, L, C, H, W)).
+        x: (B, C, H, W) integer levels.
+    Returns:
+        (the compressed stream as uint32 words, the ideal length −Σ log₂ p in bits from the same probabilities).
+    """
+    import constriction
+
+    x = x.long()
+    logits = model.conditional_logits(x.to(model.device))  # (B, L, C, H, W), one teacher-forced pass
+    probs = _probs(logits.permute(3, 4, 2, 0, 1))  # (H, W, C, B, L): position-major in raster order
+    L = probs.shape[-1]
+    probs = np.ascontiguousarray(probs.reshape(-1, L))  # (D·B, L)
+    symbols = x.permute(2, 3, 1, 0).reshape(-1).numpy().astype(np.int32)  # (D·B,) same order
+    ideal_bits = float(-np.log2(probs[np.arange(len(symbols)), symbols]).sum())
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(symbols, _categorical_family(), probs)
+    return coder.get_compressed(), ideal_bits
+
+
+@torch.no_grad()
+def decode_autoregressive(model, compressed: np.ndarray, num_images: int) -> tuple[torch.Tensor, bool]:
+    """Decode ``num_images`` images position by position; returns ((B, C, H, W) int64 levels, stream empty?)."""
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder(compressed)
+    family = _categorical_family()
+    x = torch.zeros(num_images, *model.info.shape, dtype=torch.long, device=model.device)  # (B, C, H, W)
+    for c, h, w in positions(model.info.shape):
+        # The logits at (c, h, w) depend only on positions decoded before it (the zeros elsewhere are ignored).
+        p = _probs(model.conditional_logits(x)[:, :, c, h, w])  # (B, L)
+        x[:, c, h, w] = torch.from_numpy(coder.decode(family, p).astype(np.int64)).to(x.device)
+    return x.cpu(), bool(coder.is_empty())
+
+
+def code_autoregressive(model, x: torch.Tensor, batch_size: int) -> dict:
+    """Encode and decode ``x`` in chunks of ``batch_size`` images (one stream each); sizes and the round trip."""
+    coded_bits, ideal_bits, exact, empty = 0, 0.0, True, True
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].long().cpu()
+        stream, ideal = encode_autoregressive(model, xb)
+        decoded, is_empty = decode_autoregressive(model, stream, len(xb))
+        coded_bits += 32 * len(stream)  # the stored stream: whole 32-bit words
+        ideal_bits += ideal
+        exact &= bool(torch.equal(decoded, xb))
+        empty &= is_empty
+    return {"coded_bits": coded_bits, "ideal_bits": ideal_bits, "round_trip_exact": exact and empty}
+
+
+# ------------------------------------------------------------------------------ general-purpose coders
+def mosaic(x: torch.Tensor, scale: float = 1.0) -> np.ndarray:
+    """(N, C, H, W) levels → one (rows·H, cols·W[, C]) uint8 image of all N tiles (blank tiles at the end).
+
+    ``scale`` multiplies the levels (1 stores the levels themselves; 255/(L−1) spreads them over 0..255).
+    """
+    N, C, H, W = x.shape
+    cols = math.ceil(math.sqrt(N))
+    rows = math.ceil(N / cols)
+    grid = np.zeros((rows * cols, C, H, W), dtype=np.float64)
+    grid[:N] = x.double().numpy() * scale
+    img = grid.reshape(rows, cols, C, H, W).transpose(0, 3, 1, 4, 2).reshape(rows * H, cols * W, C)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return img[..., 0] if C == 1 else img
+
+
+def _pil_bytes(img: np.ndarray, fmt: str, **kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def baseline_sizes(x: torch.Tensor) -> dict:
+    """Bits/dim of general-purpose lossless coders on ``x`` (N, C, H, W) stored as one byte per level value."""
+    N = x.shape[0]
+    dims = N * x[0].numel()
+    raw = x.to(torch.uint8).numpy().tobytes()  # N·C·H·W bytes, the levels themselves
+    img = mosaic(x)
+    sizes = {
+        "gzip": len(gzip.compress(raw, compresslevel=9, mtime=0)),
+        "lzma": len(lzma.compress(raw, preset=9)),
+        "png": len(_pil_bytes(img, "PNG", optimize=True)),
+        "webp_lossless": len(_pil_bytes(img, "WEBP", lossless=True, quality=100, method=6)),
+    }
+    return {f"{k}_bpd": 8.0 * v / dims for k, v in sizes.items()}
+
+
+# ----------------------------------------------------------------------------------------- evaluators
+@dataclass
+class CompressionConfig:
+    batch_size: int = 512  # images per coded stream (and per decoding batch)
+    max_images: int = 0  # code only the first n test images (decoding 28×28 is D network passes); 0 = all
+
+    def validate(self):
+        if self.batch_size < 1 or self.max_images < 0:
+            raise ValueError("batch_size must be ≥ 1 and max_images ≥ 0")
+
+
+def no_coder_reason(model) -> str:
+    """Why a family gets no bitstream here (read from its declared capabilities)."""
+    if model.likelihood is Likelihood.NONE:
+        return "no likelihood: there is no probability model to drive an entropy coder"
+    if model.lossy:
+        return ("latent-variable model: lossless coding needs bits-back coding of the latent (BB-ANS), "
+                "not implemented; the ideal rate is the NLL bound")
+    if model.likelihood is Likelihood.EXACT:
+        return ("exact likelihood but no per-dimension conditionals: needs a discrete flow (IDF) or bits-back "
+                "coding with dequantisation, not implemented; the ideal rate is the NLL")
+    return "likelihood is a bound without per-dimension conditionals: needs bits-back coding, not implemented"
+
+
+@register_evaluator("compression", config=CompressionConfig, order=40)
+def evaluate_compression(ctx, cfg: CompressionConfig) -> dict:
+    x = ctx.dataset.test.x[: cfg.max_images or None]
+    N, D = len(x), ctx.dataset.info.num_dims
+    out: dict = {"num_images": N, "num_dims": D, "num_levels": ctx.dataset.info.num_levels,
+                 "uniform_bpd": math.log2(ctx.dataset.info.num_levels),
+                 "baselines": baseline_sizes(x),
+                 "baseline_storage": "one byte per value holding the level 0..L-1; PNG/WebP: one greyscale mosaic "
+                                     "of all test images"}
+    lik = ctx.metrics.get("likelihood", {})
+    out["model_nll_bpd"] = lik.get("nll_bpd")
+    if ctx.model.autoregressive:
+        res = code_autoregressive(ctx.model, x, cfg.batch_size)
+        out.update(coded=True, coder="ANS (constriction AnsCoder), categorical conditionals of the model",
+                   coded_bpd=res["coded_bits"] / (N * D), ideal_bpd=res["ideal_bits"] / (N * D),
+                   round_trip_exact=res["round_trip_exact"], coded_bits=res["coded_bits"])
+    else:
+        out.update(coded=False, reason=no_coder_reason(ctx.model))
+    return out
+
+
+@dataclass
+class LossyConfig:
+    jpeg_qualities: list[int] = field(default_factory=lambda: [5, 10, 20, 30, 50, 75, 90])  # reference points
+    batch_size: int = 512  # test images per forward pass
+
+    def validate(self):
+        if any(not 1 <= q <= 100 for q in self.jpeg_qualities):
+            raise ValueError(f"jpeg_qualities must lie in 1..100, got {self.jpeg_qualities}")
+
+
+def psnr(mse: float, num_levels: int) -> float:
+    """Peak signal-to-noise ratio in dB for an MSE in level units: 10 log₁₀((L−1)² / MSE)."""
+    return math.inf if mse == 0 else 10.0 * math.log10((num_levels - 1) ** 2 / mse)
+
+
+def jpeg_points(x: torch.Tensor, num_levels: int, qualities: list[int]) -> list[dict]:
+    """Rate (bits/image from the file size) and distortion (MSE in level units) of greyscale JPEG on ``x``."""
+    from PIL import Image
+
+    N, C, H, W = x.shape
+    scale = 255.0 / (num_levels - 1)
+    img = mosaic(x, scale)
+    ref = img.astype(np.float64) / scale  # the levels, back in level units, in the mosaic layout
+    cols = math.ceil(math.sqrt(N))
+    valid = np.zeros((math.ceil(N / cols) * cols,), dtype=bool)
+    valid[:N] = True  # blank padding tiles do not count
+    mask = np.repeat(np.repeat(valid.reshape(-1, cols), H, 0), W, 1)
+    if C > 1:
+        mask = mask[..., None].repeat(C, -1)
+    points = []
+    for q in qualities:
+        data = _pil_bytes(img, "JPEG", quality=q, optimize=True)
+        dec = np.asarray(Image.open(io.BytesIO(data))).astype(np.float64) / scale
+        mse = float(((dec - ref) ** 2)[mask].mean())
+        points.append({"quality": q, "bits_per_image": 8.0 * len(data) / N, "mse": mse, "psnr_db": psnr(mse, num_levels)})
+    return points
+
+
+@register_evaluator("lossy", config=LossyConfig, order=41)
+def evaluate_lossy(ctx, cfg: LossyConfig) -> dict | None:
+    model = ctx.model
+    if not model.lossy:
+        return None
+    x = ctx.dataset.test.x
+    L = ctx.dataset.info.num_levels
+    rates, sq = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), cfg.batch_size):
+            xb = x[i : i + cfg.batch_size].to(ctx.device)
+            rates.append(model.latent_rate_nats(xb).double().cpu())  # (B,) nats
+            rec = model.reconstruct(xb).double().cpu()  # (B, C, H, W) level units
+            sq.append(((rec - xb.double().cpu()) ** 2).flatten(1).mean(1))  # (B,) per-image MSE
+    rate_bits = float(torch.cat(rates).mean()) / LOG2
+    mse = float(torch.cat(sq).mean())
+    return {
+        "rate_bits_per_image": rate_bits,
+        "rate_bpd": rate_bits / ctx.dataset.info.num_dims,
+        "mse": mse,
+        "psnr_db": psnr(mse, L),
+        "rate_kind": "KL(q(z|x) || p(z)) in bits (relative-entropy / bits-back rate; no bitstream)",
+        "beta": getattr(ctx.run.hparams, "beta", None),
+        "jpeg": jpeg_points(x, L, cfg.jpeg_qualities),
+    }
+
+
+# ------------------------------------------------------------------------- normalisation on a toy space
+# A code's lengths ℓ(x) = −log₂ p(x) are realisable (Kraft) iff Σ_x p(x) ≤ 1, and waste nothing iff Σ_x p(x) = 1:
+# a family that claims an exact likelihood must normalise. On a space small enough to enumerate every image
+# (3 levels on 1×2×2: 81 images) we sum exp(log_prob) over all of them — for a freshly initialised model with the
+# family's default config and for one with the trained run's config (trained weights do not fit the toy shape;
+# normalisation is a property of the architecture, not of the weights). Bound families must give Σ ≤ 1.
+@dataclass
+class NormalisationConfig:
+    spaces: list[list[int]] = field(default_factory=lambda: [[1, 2, 2, 3], [1, 4, 4, 2]])  # [C, H, W, levels], first that builds
+    bound_repeats: int = 32  # stochastic bounds (ELBO) are averaged over this many draws per image
+    iwae_k: int = 256  # importance samples for the IWAE-k sum (supports_iwae families)
+
+    def validate(self):
+        if any(len(s) != 4 or min(s) < 1 or s[3] < 2 for s in self.spaces):
+            raise ValueError(f"spaces must be [C, H, W, levels] with levels ≥ 2, got {self.spaces}")
+        if self.bound_repeats < 1 or self.iwae_k < 1:
+            raise ValueError("bound_repeats and iwae_k must be ≥ 1")
+
+
+def enumerate_images(shape: tuple[int, int, int], num_levels: int) -> torch.Tensor:
+    """Every image of ``shape`` with values 0..L−1: (L^D, C, H, W) int64, the first dimension varying slowest."""
+    D = shape[0] * shape[1] * shape[2]
+    grids = torch.cartesian_prod(*[torch.arange(num_levels)] * D) if D > 1 else torch.arange(num_levels)[:, None]
+    return grids.reshape(-1, *shape).long()
+
+
+@torch.no_grad()
+def total_probability(model, *, bound_repeats: int = 1, iwae_k: int = 0, batch_size: int = 4096) -> dict:
+    """Σ_x exp(log_prob(x)) over every image of ``model.info`` (and Σ exp(IWAE-k) with ``iwae_k``), in float64.
+
+    ``bound_repeats`` > 1 averages a stochastic bound's log-value over draws before exponentiating (the ELBO is
+    an expectation; one draw can exceed log p(x)).
+    """
+    x = enumerate_images(model.info.shape, model.info.num_levels)
+    log_p, log_iwae = [], []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(model.device)
+        draws = torch.stack([model.log_prob(xb).double().cpu() for _ in range(bound_repeats)])  # (R, B)
+        log_p.append(draws.mean(0))
+        if iwae_k:
+            log_iwae.append(model.log_prob_iwae(xb, iwae_k).double().cpu())
+    out = {"num_images": len(x), "sum_p": float(torch.cat(log_p).exp().sum())}
+    if iwae_k:
+        out["sum_p_iwae"] = float(torch.cat(log_iwae).exp().sum())
+    return out
+
+
+@register_evaluator("normalisation", config=NormalisationConfig, order=15)
+def evaluate_normalisation(ctx, cfg: NormalisationConfig) -> dict | None:
+    """Σp over an enumerable toy space for the family's default config and for the run's config."""
+    from ..data import DatasetInfo
+
+    cls = type(ctx.model)
+    if cls.likelihood is Likelihood.NONE:
+        return None
+    bound = cls.likelihood is Likelihood.BOUND
+    out: dict = {"type": cls.likelihood.value}
+    for label, hparams in (("fresh_default", cls.Config()), ("fresh_run_config", ctx.model.cfg)):
+        errors = []
+        for C, H, W, L in cfg.spaces:
+            info = DatasetInfo(f"toy-{C}x{H}x{W}-{L}", (C, H, W), L, 1, "every image of a tiny space")
+            try:
+                model = cls(hparams, info).to(ctx.device).eval()
+            except Exception as err:  # an architecture that cannot be built this small; try the next space
+                errors.append(f"{C}x{H}x{W}/{L}: {type(err).__name__}: {err}")
+                continue
+            res = total_probability(model, bound_repeats=cfg.bound_repeats if bound else 1,
+                                    iwae_k=cfg.iwae_k if cls.supports_iwae else 0)
+            out[label] = {"space": [C, H, W, L], **res}
+            break
+        else:
+            out[label] = {"space": None, "error": "; ".join(errors)}
+    return out

@@ -1,0 +1,148 @@
+"""Sampling speed: samples per second, network passes per sample, and how both grow with the image size.
+
+What is measured (evaluator ``sampling``, for ``can_sample`` models), on the run's device:
+
+* samples/s at batch size 1 and at a large batch, each the median over up to ``repeats`` timed calls after one
+  warm-up call, within a per-measurement time budget (a slow sampler gets fewer repeats, never fewer than one);
+* ``passes_per_sample``: network evaluations per sample, the model's declared ``sampling_passes`` (1 for one-shot
+  decoders, D for an ARM, T for diffusion);
+* for ``autoregressive`` models also the naive sampler ``sample_naive`` (every step recomputes the network on the
+  whole partial image) at the same batch sizes, and whether the fast (cached) sampler draws the *same* images
+  from the same seed — the speed-up is only a speed-up if the samples are identical;
+* growth with image size: a freshly initialised model of the same family and config, built for 8×8 and 28×28
+  images with the data's channels and levels (speed does not depend on training), timed the same way.
+
+Every timing lives under a key ending in ``_per_s`` or ``_seconds`` (the determinism test ignores those); all
+other values (batch sizes, passes, shapes, the identity check) are deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import DatasetInfo
+from . import register_evaluator
+
+
+@dataclass
+class SamplingConfig:
+    large_batch_size: int = 256  # the "large" batch of the throughput measurement
+    repeats: int = 5  # timed calls per measurement (median), after one warm-up call
+    measure_seconds: float = 1.0  # stop repeating a measurement once this much time was spent on it
+    probe_sizes: list[int] = field(default_factory=lambda: [8, 28])  # square image sizes of the size probe
+    probe_batch_size: int = 16  # large batch for the size probe (28×28 samplers can be slow)
+    probe_seconds: float = 0.5  # time budget of each size-probe measurement
+    identity_check_samples: int = 8  # images drawn by both ARM samplers from one seed to compare
+
+    def validate(self):
+        if min(self.large_batch_size, self.repeats, self.probe_batch_size, self.identity_check_samples) < 1:
+            raise ValueError("batch sizes, repeats and identity_check_samples must be ≥ 1")
+        if self.measure_seconds <= 0 or self.probe_seconds <= 0:
+            raise ValueError("measure_seconds and probe_seconds must be > 0")
+        if any(s < 1 for s in self.probe_sizes):
+            raise ValueError(f"probe_sizes must be positive, got {self.probe_sizes}")
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: bool = True) -> float:
+    """Median wall-clock seconds of ``fn()`` over up to ``repeats`` calls, stopping once ``budget_seconds``
+    are spent (at least one timed call). One untimed warm-up call first, unless ``warmup`` is False."""
+    if warmup:
+        fn()
+        _sync(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats and (not times or spent < budget_seconds):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+    return statistics.median(times)
+
+
+def sampler_speed(sample_fn, *, large_batch: int, repeats: int, budget_seconds: float, device="cpu") -> dict:
+    """Samples/s of ``sample_fn(n)`` at n = 1 and n = ``large_batch``.
+
+    The large batch is skipped (``None``) when one batch-1 call times the batch size exceeds four budgets: even
+    with a 4× batching gain a single call would not fit the budget (diffusion at 28×28 on a CPU, say).
+    """
+    t1 = time_call(lambda: sample_fn(1), repeats=repeats, budget_seconds=budget_seconds, device=device)
+    out = {"batch1_samples_per_s": 1.0 / t1, "batch_large_samples_per_s": None}
+    if t1 * large_batch <= 4 * budget_seconds:
+        # The warm-up at batch 1 already ran, so the first large call is timed too (no second warm-up).
+        tn = time_call(lambda: sample_fn(large_batch), repeats=repeats, budget_seconds=budget_seconds,
+                       device=device, warmup=False)
+        out["batch_large_samples_per_s"] = large_batch / tn
+    return out
+
+
+def _seeded(fn, n: int, seed: int, device) -> torch.Tensor:
+    torch.manual_seed(seed)
+    if torch.device(device).type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    return fn(n)
+
+
+def size_probe_info(info: DatasetInfo, size: int) -> DatasetInfo:
+    """The data's channels and levels at a square ``size``×``size`` (a shape-only stand-in for the data)."""
+    return dataclasses.replace(info, name=f"{info.name}-{size}x{size}", shape=(info.shape[0], size, size))
+
+
+@torch.no_grad()
+def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -> dict:
+    """The ``sampling`` section for a sampler (the trained model): see the module docstring."""
+    model.eval()
+    out: dict = {
+        "passes_per_sample": int(model.sampling_passes),
+        "shape": list(model.info.shape),
+        "batch_large": cfg.large_batch_size,
+        **sampler_speed(model.sample, large_batch=cfg.large_batch_size, repeats=cfg.repeats,
+                        budget_seconds=cfg.measure_seconds, device=device),
+    }
+    if model.autoregressive:
+        # The contract's autoregressive families provide a naive sampler beside the cached one.
+        a = _seeded(model.sample, cfg.identity_check_samples, seed, device)
+        b = _seeded(model.sample_naive, cfg.identity_check_samples, seed, device)
+        out["naive_matches_fast"] = bool(torch.equal(a.cpu(), b.cpu()))
+        naive = sampler_speed(model.sample_naive, large_batch=cfg.large_batch_size, repeats=cfg.repeats,
+                              budget_seconds=cfg.measure_seconds, device=device)
+        out.update({f"naive_{k}": v for k, v in naive.items()})
+
+    sizes = {}
+    for s in cfg.probe_sizes:
+        key = f"{s}x{s}"
+        info = size_probe_info(model.info, s)
+        entry: dict = {"shape": list(info.shape), "trained": info.shape == model.info.shape}
+        try:
+            probe = model if entry["trained"] else type(model)(model.cfg, info).to(device).eval()
+        except Exception as err:  # an architecture that cannot be built at this size; record, do not fail the run
+            entry.update(passes_per_sample=None, error=f"{type(err).__name__}: {err}",
+                         batch1_samples_per_s=None, batch_large_samples_per_s=None)
+            sizes[key] = entry
+            continue
+        entry["passes_per_sample"] = int(probe.sampling_passes)
+        entry["batch_large"] = cfg.probe_batch_size
+        entry.update(sampler_speed(probe.sample, large_batch=cfg.probe_batch_size, repeats=cfg.repeats,
+                                   budget_seconds=cfg.probe_seconds, device=device))
+        sizes[key] = entry
+    out["by_size"] = sizes
+    return out
+
+
+@register_evaluator("sampling", config=SamplingConfig, order=30)
+def evaluate_sampling(ctx, cfg: SamplingConfig) -> dict | None:
+    if not ctx.model.can_sample:
+        return None
+    return evaluate_sampling_speed(ctx.model, cfg, ctx.device, seed=ctx.run.seed)

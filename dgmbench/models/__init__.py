@@ -4,5 +4,7 @@ from .base import MODELS, GenerativeModel, Likelihood, get_model, list_models, r
 
 # Importing a family's module registers it.
 from . import vae  # noqa: E402,F401
+from . import gan  # noqa: E402,F401
+from . import diffusion  # noqa: E402,F401
 
 __all__ = ["MODELS", "GenerativeModel", "Likelihood", "get_model", "list_models", "register_model"]

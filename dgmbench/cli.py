@@ -21,11 +21,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DatasetUnavailable
     from .registry import UnknownNameError
+    from .runtime import DeviceUnavailable
     from .tracking import TrackingUnavailable
     from .train import ResumeMismatch
 
     return (ConfigError, UnknownNameError, DatasetUnavailable, CheckpointError, TrackingUnavailable,
-            ResumeMismatch, PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+            ResumeMismatch, DeviceUnavailable, PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 def cmd_list(args) -> int:

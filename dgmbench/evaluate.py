@@ -29,6 +29,18 @@ def write_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def without_timing(metrics):
+    """``metrics`` minus everything that measures wall-clock time: the ``timing`` section and every key ending
+    in ``_seconds`` or ``_per_s`` (at any depth). Two runs of one config and seed agree on what is left (on CPU);
+    the determinism and resume tests compare exactly this."""
+    if isinstance(metrics, dict):
+        return {k: without_timing(v) for k, v in metrics.items()
+                if k != "timing" and not k.endswith(("_seconds", "_per_s"))}
+    if isinstance(metrics, list):
+        return [without_timing(v) for v in metrics]
+    return metrics
+
+
 def load_trained(run_dir: Path):
     """(run config, dataset, model in eval mode, device, training record) from ``run_dir/checkpoint.pt``."""
     ckpt = checkpoint.load(Path(run_dir) / "checkpoint.pt", "model")

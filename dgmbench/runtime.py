@@ -16,12 +16,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine; the message says what to use instead."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` = CUDA when present, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
+        raise DeviceUnavailable(f"device {name!r} requested but CUDA is not available here; use device: auto or cpu "
+                                "(--set device=cpu)")
     return torch.device(name)
 
 

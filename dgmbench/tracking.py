@@ -123,8 +123,10 @@ class Tracker:
         if id_file.exists():
             run_id = id_file.read_text().strip()
             try:
-                self._call(self.client.get_run, run_id)
+                existing = self._call(self.client.get_run, run_id)
                 self._call(self.client.update_run, run_id, status="RUNNING")
+                if not existing.data.params:  # a job killed between creating the run and logging its params
+                    self.log_params(run_id, params)
                 return run_id
             except TrackingUnavailable:
                 raise
@@ -132,8 +134,11 @@ class Tracker:
                 pass  # the store was reset: start a new run below
         run = self._call(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
+        # Record the id before anything else, so a job killed from here on reopens this run on resume.
+        tmp = id_file.with_name(id_file.name + ".tmp")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, id_file)
         self.log_params(run_id, params)
-        id_file.write_text(run_id + "\n")
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -150,6 +155,11 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
         for i in range(0, len(items), 500):
             self._call(self.client.log_batch, run_id, metrics=items[i : i + 500])
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The largest step logged for metric ``key`` in this run, or -1 if none was logged."""
+        history = self._call(self.client.get_metric_history, run_id, key)
+        return max((m.step for m in history), default=-1)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -121,6 +121,10 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         shuffle.set_state(saved["shuffle_rng"])
         log.info("resuming %s from epoch %d", run.run_name, state["epoch"])
         tracker.set_tags(run_id, {"resumed_from_epoch": state["epoch"]})
+    # Epochs a killed job logged after its last checkpoint are trained again on resume; MLflow already holds
+    # them (the same values: training is deterministic), so log only the steps beyond what it has, keeping
+    # one clean history per metric.
+    logged_step = tracker.last_step(run_id, "seconds")
 
     def save_resume():
         checkpoint.save(
@@ -159,7 +163,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         row["seconds"] = state["seconds"]
         state["curve"].append(row)
         state["epoch"] = epoch + 1
-        tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        if epoch + 1 > logged_step:
+            tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if reason:
             state.update(status="diverged", diverged_epoch=epoch + 1, diverged_reason=reason)
             log.warning("%s diverged at epoch %d: %s", run.run_name, epoch + 1, reason)
@@ -200,7 +205,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     for path in artifacts:
         tracker.log_artifact(run_id, path)
     tracker.set_tags(run_id, {"status": state["status"], "epochs_run": state["epoch"]})
-    tracker.log_metrics(run_id, {"train_seconds": state["seconds"], "epochs_run": state["epoch"]})
+    if tracker.last_step(run_id, "epochs_run") < 0:  # a job killed after this line and rerun logs it once
+        tracker.log_metrics(run_id, {"train_seconds": state["seconds"], "epochs_run": state["epoch"]})
     log.info("%s: %s after %d epochs (best %d) in %.1fs", run.run_name, state["status"], state["epoch"],
              state["best_epoch"], state["seconds"])
     return record

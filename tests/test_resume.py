@@ -1,0 +1,159 @@
+"""Kill -9 a training job and rerun it: it resumes from last.pt, ends where an uninterrupted run ends, and MLflow
+shows one run with one clean per-epoch history. Once through the CLI, once through Snakemake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgmbench.evaluate import without_timing
+
+REPO = Path(__file__).resolve().parents[1]
+# Long enough to kill mid-run (all 1000 digits, ~0.5 s an epoch), short enough for CI.
+MAX_EPOCHS = 8
+KILL_AT = 3  # kill once last.pt holds at least this many epochs
+SETS = [f"train.max_epochs={MAX_EPOCHS}", "train.checkpoint_every=1", "train.patience=0", "train.batch_size=32",
+        "train.num_val=128", "device=cpu", "eval.likelihood.iwae_k=8", "eval.likelihood.iwae_repeats=2"]
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _epoch_in(last: Path) -> int:
+    """Epochs recorded in a resume checkpoint (0 while it does not exist yet or is being replaced)."""
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True)["state"]["epoch"])
+    except Exception:
+        return 0
+
+
+def _kill_when(proc: subprocess.Popen, last: Path, epoch: int, timeout: float = 240) -> int:
+    """SIGKILL ``proc``'s whole process group once ``last`` holds ≥ ``epoch`` epochs; returns that epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"job ended (rc {proc.returncode}) before it could be killed: {out[-2000:]}")
+        seen = _epoch_in(last) if last.exists() else 0
+        if seen >= epoch:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return seen
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the job never reached the kill epoch")
+
+
+def _train_cmd(out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--seed", "0",
+           "--out", str(out)]
+    for s in SETS:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _mlflow_runs(workdir: Path, experiment: str = "dgmbench"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=100)
+
+
+def _comparable(metrics: dict) -> dict:
+    out = without_timing(metrics)
+    out["run"].pop("git_commit", None)  # provenance, not a result (colleagues commit while tests run)
+    return out
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_result(tmp_path):
+    from dgmbench.config import load_grid, resolve_run
+    from dgmbench.evaluate import evaluate
+    from dgmbench.train import train
+
+    # The reference: one uninterrupted run (in this process, its own MLflow store).
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    run = resolve_run(load_grid(None), dataset="digits", model="vae", seed=0, sets=SETS)
+    run.tracking_uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
+    train(run, ref_dir / "run", progress=False)
+    ref_metrics = evaluate(ref_dir / "run", only=["training", "likelihood"])
+
+    # The killed run, through the CLI in a subprocess, then rerun.
+    work = tmp_path / "killed"
+    work.mkdir()
+    out = work / "run"
+    proc = subprocess.Popen(_train_cmd(out), cwd=work, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed_at = _kill_when(proc, out / "last.pt", KILL_AT)
+    assert not (out / "checkpoint.pt").exists(), "the job finished before the kill; raise MAX_EPOCHS"
+    assert KILL_AT <= killed_at < MAX_EPOCHS
+
+    rerun = subprocess.run(_train_cmd(out), cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    reference = torch.load(ref_dir / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+    # It resumed (did not start over) at an epoch ≥ the one seen at the kill.
+    client, runs = _mlflow_runs(work)
+    assert len(runs) == 1, f"{len(runs)} MLflow runs for one training job"
+    resumed_from = int(runs[0].data.tags["resumed_from_epoch"])
+    assert killed_at <= resumed_from < MAX_EPOCHS
+    assert saved["record"]["epochs_run"] == MAX_EPOCHS
+
+    # Same weights, same curve, same metrics as the uninterrupted run.
+    for k, v in reference["model_state"].items():
+        assert torch.equal(saved["model_state"][k], v), f"weights differ in {k}"
+    strip = lambda curve: [{k: v for k, v in row.items() if k != "seconds"} for row in curve]  # noqa: E731
+    assert strip(saved["record"]["curve"]) == strip(reference["record"]["curve"])
+    metrics = evaluate(out, only=["training", "likelihood"])
+    assert _comparable(metrics) == _comparable(ref_metrics)
+
+    # One clean MLflow history: every epoch once, with the values of the final curve.
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert [h.step for h in sorted(history, key=lambda h: h.step)] == list(range(1, MAX_EPOCHS + 1))
+    by_step = {h.step: h.value for h in history}
+    for row in saved["record"]["curve"]:
+        assert by_step[row["epoch"]] == pytest.approx(row["train_loss"], rel=1e-12)
+    assert len(client.get_metric_history(runs[0].info.run_id, "epochs_run")) == 1
+
+
+@pytest.mark.slow
+def test_snakemake_rerun_resumes_a_killed_job(tmp_path):
+    """Kill the whole Snakemake invocation mid-training; the rerun (local profile) resumes the job."""
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        "datasets: [digits]\nmodels: [vae]\nseeds: [0]\ndevice: cpu\nexperiment: resume\n"
+        f"train:\n  all: {{max_epochs: {MAX_EPOCHS}, checkpoint_every: 1, patience: 0, batch_size: 32, num_val: 128}}\n"
+    )
+    target = "results/runs/digits/vae/seed0/checkpoint.pt"
+    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+            "--profile", str(REPO / "workflow" / "profiles" / "local"), "--configfile", str(cfg), "--cores", "1"]
+    proc = subprocess.Popen(base + [target], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed_at = _kill_when(proc, tmp_path / "results/runs/digits/vae/seed0/last.pt", KILL_AT)
+    # A killed Snakemake leaves its lock behind; --unlock releases it (documented in the README).
+    subprocess.run(base + ["--unlock"], cwd=tmp_path, env=_env(), capture_output=True, timeout=120, check=True)
+    rerun = subprocess.run(base + [target], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+
+    client, runs = _mlflow_runs(tmp_path, "resume")
+    assert len(runs) == 1
+    assert killed_at <= int(runs[0].data.tags["resumed_from_epoch"]) < MAX_EPOCHS
+    steps = sorted(h.step for h in client.get_metric_history(runs[0].info.run_id, "train_loss"))
+    assert steps == list(range(1, MAX_EPOCHS + 1))
+    record = torch.load(tmp_path / target, map_location="cpu", weights_only=True)["record"]
+    assert record["epochs_run"] == MAX_EPOCHS and record["status"] == "ok"

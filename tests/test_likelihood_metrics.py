@@ -1,0 +1,180 @@
+"""The likelihood code against analytic answers: unit conversions, the discrete likelihoods in
+``dgmbench.distributions`` (normalised over the L levels, equal to a direct computation from the logistic CDF),
+and the evaluator ``metrics/likelihood.py`` on a model whose likelihood is known in closed form."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dgmbench.distributions import (
+    bits_per_dim_to_nats,
+    categorical_log_prob,
+    discretized_logistic_log_prob,
+    nats_to_bits_per_dim,
+    to_symmetric,
+)
+from dgmbench.metrics.likelihood import LikelihoodConfig, evaluate_likelihood, summarize_nll
+
+
+# ------------------------------------------------------------------------------------------------ units
+def test_bits_per_dim_known_values_and_round_trip():
+    for D in (1, 64, 784, 3072):
+        assert nats_to_bits_per_dim(D * math.log(2), D) == pytest.approx(1.0)  # D·ln2 nats = 1 bit/dim
+        assert bits_per_dim_to_nats(8.0, D) == pytest.approx(8 * D * math.log(2))
+        # a uniform distribution over L levels costs log2(L) bits per dimension
+        assert nats_to_bits_per_dim(D * math.log(17), D) == pytest.approx(math.log2(17))
+    nats = torch.tensor([0.0, 1.5, 94.7, 1e4], dtype=torch.float64)
+    torch.testing.assert_close(bits_per_dim_to_nats(nats_to_bits_per_dim(nats, 64), 64), nats)
+    bpd = torch.tensor([0.0, 0.9, 2.13, 8.0], dtype=torch.float64)
+    torch.testing.assert_close(nats_to_bits_per_dim(bits_per_dim_to_nats(bpd, 784), 784), bpd)
+
+
+# ------------------------------------------------------------------------------------ categorical levels
+@pytest.mark.parametrize("scale", [0.0, 1.0, 30.0, 1e4])
+def test_categorical_normalises_and_matches_softmax(scale):
+    """Σ_l Cat(l | softmax(logits)) = 1 per dimension, for flat, ordinary and extreme logits."""
+    torch.manual_seed(0)
+    L, dims = 17, 5
+    logits = scale * torch.randn(3, L, dims, dtype=torch.float64)  # (B, L, dims)
+    # log P of the image whose every dimension takes level l, summed over dims, for each l: (L, B)
+    per_level = torch.stack([categorical_log_prob(logits, torch.full((3, dims), l)) for l in range(L)])
+    # with one dimension, the L probabilities must sum to one
+    one = torch.stack([categorical_log_prob(logits[..., :1], torch.full((3, 1), l)) for l in range(L)])
+    torch.testing.assert_close(one.logsumexp(0), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    # and the log-probability of an image is the sum of its dimensions' log-softmax values
+    direct = torch.log_softmax(logits, dim=1).sum(2).T  # (L, B)
+    torch.testing.assert_close(per_level, direct, atol=1e-9, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------ discretised logistic levels
+def logistic_bin_probs(mean: float, log_scale: float, L: int) -> torch.Tensor:
+    """(L,) bin masses F(upper) − F(lower) from the logistic CDF F(y) = σ((y − μ)/s) in float64, the end bins open
+    to ∓∞. Bin k is [c_k − h, c_k + h], c_k = 2k/(L−1) − 1, h = 1/(L−1); the edges are rounded to float32 as the
+    code computes them from the levels (to_symmetric gives float32), so the comparison isolates the probability
+    computation from that rounding (~6e-8 on the edges: up to ~1e-5 relative on a bin of width 2/255)."""
+    centres = 2.0 * torch.arange(L, dtype=torch.float32) / (L - 1) - 1.0
+    upper, lower = (centres + 1.0 / (L - 1)).double(), (centres - 1.0 / (L - 1)).double()
+    upper[-1], lower[0] = math.inf, -math.inf
+    s = math.exp(log_scale)
+    return torch.sigmoid((upper - mean) / s) - torch.sigmoid((lower - mean) / s)
+
+
+def all_level_log_probs(mean: float, log_scale: float, L: int, dtype) -> torch.Tensor:
+    """(L,) log P(x = l) from discretized_logistic_log_prob, one single-pixel image per level l."""
+    x = torch.arange(L).view(L, 1, 1, 1)
+    m = torch.full((L, 1, 1, 1), mean, dtype=dtype)
+    s = torch.full((L, 1, 1, 1), log_scale, dtype=dtype)
+    return discretized_logistic_log_prob(m, s, x, L)
+
+
+MEANS = [-1.0, -0.37, 0.0, 0.5, 1.0, -4.0, 6.0]  # inside, on the ends of, and far outside [-1, 1]
+LOG_SCALES = [-7.0, -4.0, -1.5, 0.0, 3.0]  # from a spike narrower than a bin (-7 is the decoders' clamp) to flat
+
+
+@pytest.mark.parametrize("L", [2, 17, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_discretized_logistic_normalises(L, dtype):
+    """The L bin probabilities sum to one for every mean and scale, extreme ones included."""
+    # Bins of mass < 1e-5 use density × bin width (PixelCNN++'s tail branch), which under-counts them when the
+    # scale is far below the bin width: at log_scale = -7 with L = 256 the total falls short by ~2e-5.
+    tol = 1e-4
+    for mean in MEANS:
+        for log_scale in LOG_SCALES:
+            total = float(all_level_log_probs(mean, log_scale, L, dtype).double().exp().sum())
+            assert total == pytest.approx(1.0, abs=tol), (L, mean, log_scale, total)
+
+
+@pytest.mark.parametrize("L", [2, 17, 256])
+def test_discretized_logistic_matches_logistic_cdf(L):
+    """Each level's probability equals F(upper edge) − F(lower edge) of the logistic, computed directly."""
+    for mean in MEANS:
+        for log_scale in LOG_SCALES:
+            ref = logistic_bin_probs(mean, log_scale, L)  # (L,)
+            got = all_level_log_probs(mean, log_scale, L, torch.float64)
+            torch.testing.assert_close(got.exp(), ref, atol=1e-5, rtol=0)  # tail branch below 1e-5: see above
+            big = ref > 1e-5  # where the exact branch is used, the log-probabilities agree to rounding
+            torch.testing.assert_close(got[big], ref[big].log(), atol=1e-6, rtol=0)
+
+
+def test_discretized_logistic_tail_branch_is_accurate_for_broad_scales():
+    """Far in the tail of a broad logistic (bin ≪ scale) the masses underflow the difference of CDFs and the code
+    uses density × bin width; that must still agree with the exact mass (computed stably in float64)."""
+    L, mean, log_scale = 256, -1.0, -2.5  # s ≈ 0.08, bins of width 0.0078: mass at the far end ≈ 1e-10
+    x = torch.arange(L)
+    got = all_level_log_probs(mean, log_scale, L, torch.float32).double()
+    # exact log mass of the inner bins: log(F(u) − F(l)) = log σ(u') + log(1 − e^{l'−u'}) + log σ(−l')
+    s = math.exp(log_scale)
+    centre = to_symmetric(x, L).double()
+    hi, lo = (centre + 1 / (L - 1) - mean) / s, (centre - 1 / (L - 1) - mean) / s
+    exact = torch.nn.functional.logsigmoid(-lo) + torch.log(-torch.expm1(lo - hi)) + torch.nn.functional.logsigmoid(hi)
+    inner = slice(1, L - 1)
+    assert got[inner].min() < math.log(1e-5) - 5, "the test must reach the tail branch"
+    torch.testing.assert_close(got[inner], exact[inner], atol=2e-2, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------- evaluator
+def test_summarize_nll_converts():
+    log_p = torch.tensor([-10.0, -20.0, -30.0, -40.0], dtype=torch.float64)
+    out = summarize_nll(log_p, num_dims=5)
+    assert out["nll_nats"] == pytest.approx(25.0)
+    assert out["nll_bpd"] == pytest.approx(25.0 / (5 * math.log(2)))
+    assert out["sem_images_nats"] == pytest.approx(math.sqrt(500.0 / 3) / 2)  # sd (unbiased) / √n
+    assert summarize_nll(torch.tensor([-3.0], dtype=torch.float64), 1)["sem_images_nats"] == 0.0
+
+
+def test_evaluator_on_a_uniform_vae(digits):
+    """A VAE whose decoder outputs flat logits and whose encoder outputs q = N(0, I) = p(z) has
+    ELBO = IWAE-k = log p(x) = −D ln L exactly, so the evaluator must report log2(L) bits/dim, no gap, no spread."""
+    from dgmbench.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("vae", digits.info, hidden_dim=16, latent_dim=3).eval()
+    for last in (model.encoder[-1], model.decoder[-1]):
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    ctx = SimpleNamespace(model=model, dataset=digits, device=torch.device("cpu"))
+    out = evaluate_likelihood(ctx, LikelihoodConfig(iwae_k=7, iwae_repeats=2, batch_size=100))
+    D, L = digits.info.num_dims, digits.info.num_levels
+    assert out["type"] == "bound" and out["estimator"] == "IWAE-7" and out["num_test"] == len(digits.test.x)
+    assert out["nll_nats"] == pytest.approx(D * math.log(L), rel=1e-6)
+    assert out["bound_nats"] == pytest.approx(D * math.log(L), rel=1e-6)
+    assert out["nll_bpd"] == pytest.approx(math.log2(L), rel=1e-6)
+    assert out["elbo_iwae_gap_nats"] == pytest.approx(0.0, abs=1e-3)
+    assert out["stderr_nats"] == pytest.approx(0.0, abs=1e-4) and out["sem_images_nats"] == pytest.approx(0.0, abs=1e-4)
+
+
+class _ScriptedBound(torch.nn.Module):
+    """A stand-in bound family whose IWAE repeats return scripted values, to check the evaluator's arithmetic."""
+
+    from dgmbench.models import Likelihood
+
+    likelihood = Likelihood.BOUND
+    estimator = "ELBO"
+    supports_iwae = True
+
+    def __init__(self, elbo, repeats):
+        super().__init__()
+        self.elbo, self.repeats, self.calls = elbo, list(repeats), 0
+
+    def log_prob(self, x):
+        return torch.full((len(x),), self.elbo)
+
+    def log_prob_iwae(self, x, k):
+        value = self.repeats[self.calls]
+        self.calls += 1
+        return torch.full((len(x),), value)
+
+
+def test_evaluator_repeats_standard_error_and_gap(digits):
+    model = _ScriptedBound(elbo=-100.0, repeats=[-97.0, -96.0, -95.0])
+    ctx = SimpleNamespace(model=model, dataset=digits, device=torch.device("cpu"))
+    # one batch per repeat, so each repeat sees one scripted value
+    out = evaluate_likelihood(ctx, LikelihoodConfig(iwae_k=5, iwae_repeats=3, batch_size=len(digits.test.x)))
+    assert out["nll_nats"] == pytest.approx(96.0)
+    assert out["stderr_nats"] == pytest.approx(1.0 / math.sqrt(3))  # sd of (97, 96, 95) is 1
+    assert out["bound_nats"] == pytest.approx(100.0) and out["elbo_iwae_gap_nats"] == pytest.approx(4.0)
+    assert out["nll_bpd"] == pytest.approx(96.0 / (digits.info.num_dims * math.log(2)))

@@ -55,4 +55,5 @@ def ordered_evaluators() -> list[Evaluator]:
 
 # Importing the modules registers their evaluators.
 from . import likelihood  # noqa: E402,F401
+from . import ood  # noqa: E402,F401
 from . import fidelity  # noqa: E402,F401

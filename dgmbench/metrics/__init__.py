@@ -57,3 +57,4 @@ def ordered_evaluators() -> list[Evaluator]:
 from . import likelihood  # noqa: E402,F401
 from . import ood  # noqa: E402,F401
 from . import fidelity  # noqa: E402,F401
+from . import probe  # noqa: E402,F401

@@ -1,0 +1,115 @@
+"""The linear probe: known answers on synthetic features, the fixed label subset, the evaluator's baselines,
+and the table built from metrics files."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import torch
+
+from dgmbench.metrics.probe import ProbeConfig, evaluate_probe, label_subset, probe_features
+
+
+def _blob_splits(separation: float, num_classes: int = 5, dim: int = 12):
+    """Gaussian blobs (unit variance) around class means drawn once and shared by the three splits."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(num_classes, dim)) * separation
+    feats, labels = {}, {}
+    for name, n in [("train", 60), ("val", 20), ("test", 40)]:  # images per class
+        y = np.repeat(np.arange(num_classes), n)
+        feats[name], labels[name] = means[y] + rng.normal(size=(len(y), dim)), y
+    return feats, labels
+
+
+def test_probe_is_perfect_on_linearly_separable_features():
+    feats, labels = _blob_splits(separation=10.0)  # means ~10√2 sd apart per dimension: separable
+    out = probe_features(feats, labels, ProbeConfig())
+    assert out["linear"]["test_acc"] == 1.0 and out["knn_acc"] == 1.0
+    assert out["linear_low"]["test_acc"] >= 0.95 and out["knn_low_acc"] >= 0.95
+    assert out["linear"]["C"] in ProbeConfig().c_grid and out["feature_dim"] == 12
+
+
+def test_probe_is_at_chance_on_shuffled_labels():
+    feats, labels = _blob_splits(separation=10.0)
+    rng = np.random.default_rng(1)
+    labels = {s: rng.permutation(y) for s, y in labels.items()}  # labels no longer related to the features
+    out = probe_features(feats, labels, ProbeConfig())
+    # chance = 1/5; with 200 test images the s.e. is 0.028, so ±0.12 is > 4 s.e.
+    for acc in (out["linear"]["test_acc"], out["knn_acc"], out["linear_low"]["test_acc"], out["knn_low_acc"]):
+        assert abs(acc - 0.2) < 0.12, out
+
+
+def test_label_subset_is_fixed_and_balanced():
+    y = np.repeat(np.arange(10), 30)
+    a, b = label_subset(y, 10, seed=0), label_subset(y, 10, seed=0)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0)
+    assert np.array_equal(np.bincount(y[a]), np.full(10, 10))
+    assert not np.array_equal(a, label_subset(y, 10, seed=1))
+
+
+def _ctx(model, dataset, seed=0):
+    from dgmbench.metrics import EvalContext
+
+    run = types.SimpleNamespace(model=model.name, hparams=model.cfg, seed=seed, threads=1)
+    return EvalContext(model=model.eval(), dataset=dataset, run=run, device=torch.device("cpu"), run_dir=None,
+                       record={}, metrics={})
+
+
+def test_evaluator_baselines(digits):
+    """Raw pixels and an untrained twin are probed beside the model; the twin leaves the RNG stream alone."""
+    from dgmbench.models import get_model
+
+    model = get_model("simclr", digits.info, channels=8, feature_dim=16)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    out = evaluate_probe(_ctx(model, digits), ProbeConfig(c_grid=[0.1, 1.0]))
+    assert torch.equal(torch.rand(1), before), "the random-init baseline must not consume the global RNG"
+    assert out["raw_pixels"]["feature_dim"] == digits.info.num_dims and out["feature_dim"] == 16
+    assert out["random_init"]["feature_dim"] == 16
+    assert out["protocol"]["num_low_label"] == 10 * digits.info.num_classes
+    assert out["protocol"]["random_init_seed"] == ProbeConfig().random_init_seed
+    # The twin is a different network from the model (another seed), so its features differ.
+    assert out["random_init"]["linear"]["val_acc"] != out["linear"]["val_acc"] or \
+        out["random_init"]["knn_acc"] != out["knn_acc"]
+    # Raw pixels of 8×8 digits are far above chance (a sanity check of the data path, not of a model).
+    assert out["raw_pixels"]["linear"]["test_acc"] > 0.85
+
+
+def test_evaluator_skips_models_without_representation_and_random_init_of_closed_form(digits):
+    from dgmbench.models import MODELS, get_model
+
+    no_embed = [n for n in MODELS.names() if not MODELS.get(n).can_embed]
+    if no_embed:
+        assert evaluate_probe(_ctx(get_model(no_embed[0], digits.info), digits), ProbeConfig()) is None
+    pca = get_model("pca", digits.info, num_components=8)
+    pca.train_step(digits.train.x, [], None)
+    out = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0]))
+    assert "random_init" not in out and out["protocol"]["random_init_seed"] is None
+
+
+def test_probe_table(tmp_path):
+    from dgmbench.tables.probe import probe_table
+
+    def section(acc):
+        block = {"feature_dim": 4, "linear": {"test_acc": acc}, "knn_acc": acc, "linear_low": {"test_acc": acc / 2},
+                 "knn_low_acc": acc / 2}
+        protocol = {"standardisation": "train", "c_grid": [1.0], "c_selection": "val", "knn_k": 5,
+                    "knn_metric": "euclidean", "num_train": 10, "labels_per_class": 1, "num_low_label": 2,
+                    "subset_seed": 0, "num_test": 5}
+        return {**block, "representation": "h", "raw_pixels": {**block, "feature_dim": 64},
+                "random_init": dict(block), "protocol": protocol}
+
+    runs = [{"run": {"dataset": "digits", "model": "enc", "seed": s, "status": "ok", "family": "ssl"},
+             "probe": section(acc)} for s, acc in enumerate([0.8, 0.9])]
+    runs.append({"run": {"dataset": "digits", "model": "gen", "seed": 0, "status": "ok", "family": "g"}})
+    csv, md = probe_table(runs, tmp_path)
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert list(df["representation"]) == ["enc: h", "enc, untrained (random init)", "raw pixels"]
+    assert df.loc[0, "linear (all labels)"] == "85.0 ± 7.1"  # mean ± sample sd of 80 and 90
+    assert df.loc[0, "k-NN (low-label)"] == "42.5 ± 3.5"
+    assert df.loc[2, "features"] == 64 and df.loc[2, "linear (all labels)"] == "80.0"
+    assert "k = 5" in md.read_text()

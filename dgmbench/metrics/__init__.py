@@ -58,3 +58,4 @@ from . import likelihood  # noqa: E402,F401
 from . import ood  # noqa: E402,F401
 from . import fidelity  # noqa: E402,F401
 from . import probe  # noqa: E402,F401
+from . import compression, sampling, stability  # noqa: E402,F401

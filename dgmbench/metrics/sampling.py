@@ -2,8 +2,9 @@
 
 What is measured (evaluator ``sampling``, for ``can_sample`` models), on the run's device:
 
-* samples/s at batch size 1 and at a large batch, each the median over up to ``repeats`` timed calls after one
-  warm-up call, within a per-measurement time budget (a slow sampler gets fewer repeats, never fewer than one);
+* samples/s at batch sizes 1, 16 and 256, each the median over up to ``repeats`` timed calls after a warm-up call,
+  within a per-measurement time budget (a slow sampler gets fewer repeats, never fewer than one); a batch size
+  whose single call would take longer than ``max_call_seconds`` (predicted from the previous size) is skipped;
 * ``passes_per_sample``: network evaluations per sample, the model's declared ``sampling_passes`` (1 for one-shot
   decoders, D for an ARM, T for diffusion);
 * for ``autoregressive`` models also the naive sampler ``sample_naive`` (every step recomputes the network on the
@@ -31,19 +32,24 @@ from . import register_evaluator
 
 @dataclass
 class SamplingConfig:
-    large_batch_size: int = 256  # the "large" batch of the throughput measurement
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 256])  # increasing; timed in turn
     repeats: int = 5  # timed calls per measurement (median), after one warm-up call
     measure_seconds: float = 1.0  # stop repeating a measurement once this much time was spent on it
+    max_call_seconds: float = 3.0  # skip a batch size whose one call is predicted to take longer than this
     probe_sizes: list[int] = field(default_factory=lambda: [8, 28])  # square image sizes of the size probe
-    probe_batch_size: int = 16  # large batch for the size probe (28×28 samplers can be slow)
+    probe_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])  # batch sizes of the size probe
     probe_seconds: float = 0.5  # time budget of each size-probe measurement
     identity_check_samples: int = 8  # images drawn by both ARM samplers from one seed to compare
 
     def validate(self):
-        if min(self.large_batch_size, self.repeats, self.probe_batch_size, self.identity_check_samples) < 1:
-            raise ValueError("batch sizes, repeats and identity_check_samples must be ≥ 1")
-        if self.measure_seconds <= 0 or self.probe_seconds <= 0:
-            raise ValueError("measure_seconds and probe_seconds must be > 0")
+        for name in ("batch_sizes", "probe_batch_sizes"):
+            sizes = getattr(self, name)
+            if not sizes or min(sizes) < 1 or sorted(set(sizes)) != list(sizes):
+                raise ValueError(f"{name} must be increasing positive integers, got {sizes}")
+        if min(self.repeats, self.identity_check_samples) < 1:
+            raise ValueError("repeats and identity_check_samples must be ≥ 1")
+        if min(self.measure_seconds, self.probe_seconds, self.max_call_seconds) <= 0:
+            raise ValueError("measure_seconds, probe_seconds and max_call_seconds must be > 0")
         if any(s < 1 for s in self.probe_sizes):
             raise ValueError(f"probe_sizes must be positive, got {self.probe_sizes}")
 
@@ -72,20 +78,36 @@ def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: 
     return statistics.median(times)
 
 
-def sampler_speed(sample_fn, *, large_batch: int, repeats: int, budget_seconds: float, device="cpu") -> dict:
-    """Samples/s of ``sample_fn(n)`` at n = 1 and n = ``large_batch``.
+def sampler_speed(sample_fn, *, batch_sizes: list[int], repeats: int, budget_seconds: float,
+                  max_call_seconds: float, device="cpu") -> dict:
+    """``batch<n>_samples_per_s`` of ``sample_fn(n)`` for each n of the increasing ``batch_sizes``.
 
-    The large batch is skipped (``None``) when one batch-1 call times the batch size exceeds four budgets: even
-    with a 4× batching gain a single call would not fit the budget (diffusion at 28×28 on a CPU, say).
+    A batch size is skipped (``None``, and so are the larger ones) when the previous measurement, scaled linearly
+    to it, predicts one call longer than ``max_call_seconds`` — an upper bound, as batching never makes a
+    sample slower — so a slow sampler (an ARM's naive path, diffusion at 28×28) does not blow the time budget.
     """
-    t1 = time_call(lambda: sample_fn(1), repeats=repeats, budget_seconds=budget_seconds, device=device)
-    out = {"batch1_samples_per_s": 1.0 / t1, "batch_large_samples_per_s": None}
-    if t1 * large_batch <= 4 * budget_seconds:
-        # The warm-up at batch 1 already ran, so the first large call is timed too (no second warm-up).
-        tn = time_call(lambda: sample_fn(large_batch), repeats=repeats, budget_seconds=budget_seconds,
-                       device=device, warmup=False)
-        out["batch_large_samples_per_s"] = large_batch / tn
+    out: dict = {f"batch{n}_samples_per_s": None for n in batch_sizes}
+    prev = None  # (batch size, seconds per call) of the last measurement
+    for n in batch_sizes:
+        if prev is not None and prev[1] * n / prev[0] > max_call_seconds:
+            break
+        # Only the first size gets a warm-up call; the ones after it run on a warm sampler.
+        t = time_call(lambda: sample_fn(n), repeats=repeats, budget_seconds=budget_seconds, device=device,
+                      warmup=prev is None)
+        out[f"batch{n}_samples_per_s"] = n / t
+        prev = (n, t)
     return out
+
+
+def best_rate(section: dict, prefix: str = "") -> tuple[int | None, float | None]:
+    """(batch size, samples/s) of the largest batch measured in a ``sampling`` section (or its naive path)."""
+    best = (None, None)
+    for key, value in section.items():
+        if key.startswith(f"{prefix}batch") and key.endswith("_samples_per_s") and value is not None:
+            n = key[len(prefix) + 5 : -len("_samples_per_s")]
+            if n.isdigit() and (best[0] is None or int(n) > best[0]):
+                best = (int(n), value)
+    return best
 
 
 def _seeded(fn, n: int, seed: int, device) -> torch.Tensor:
@@ -107,17 +129,18 @@ def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -
     out: dict = {
         "passes_per_sample": int(model.sampling_passes),
         "shape": list(model.info.shape),
-        "batch_large": cfg.large_batch_size,
-        **sampler_speed(model.sample, large_batch=cfg.large_batch_size, repeats=cfg.repeats,
-                        budget_seconds=cfg.measure_seconds, device=device),
+        "batch_sizes": list(cfg.batch_sizes),
+        **sampler_speed(model.sample, batch_sizes=cfg.batch_sizes, repeats=cfg.repeats,
+                        budget_seconds=cfg.measure_seconds, max_call_seconds=cfg.max_call_seconds, device=device),
     }
     if model.autoregressive:
         # The contract's autoregressive families provide a naive sampler beside the cached one.
         a = _seeded(model.sample, cfg.identity_check_samples, seed, device)
         b = _seeded(model.sample_naive, cfg.identity_check_samples, seed, device)
         out["naive_matches_fast"] = bool(torch.equal(a.cpu(), b.cpu()))
-        naive = sampler_speed(model.sample_naive, large_batch=cfg.large_batch_size, repeats=cfg.repeats,
-                              budget_seconds=cfg.measure_seconds, device=device)
+        naive = sampler_speed(model.sample_naive, batch_sizes=cfg.batch_sizes, repeats=cfg.repeats,
+                              budget_seconds=cfg.measure_seconds, max_call_seconds=cfg.max_call_seconds,
+                              device=device)
         out.update({f"naive_{k}": v for k, v in naive.items()})
 
     sizes = {}
@@ -129,13 +152,13 @@ def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -
             probe = model if entry["trained"] else type(model)(model.cfg, info).to(device).eval()
         except Exception as err:  # an architecture that cannot be built at this size; record, do not fail the run
             entry.update(passes_per_sample=None, error=f"{type(err).__name__}: {err}",
-                         batch1_samples_per_s=None, batch_large_samples_per_s=None)
+                         **{f"batch{n}_samples_per_s": None for n in cfg.probe_batch_sizes})
             sizes[key] = entry
             continue
         entry["passes_per_sample"] = int(probe.sampling_passes)
-        entry["batch_large"] = cfg.probe_batch_size
-        entry.update(sampler_speed(probe.sample, large_batch=cfg.probe_batch_size, repeats=cfg.repeats,
-                                   budget_seconds=cfg.probe_seconds, device=device))
+        entry.update(sampler_speed(probe.sample, batch_sizes=cfg.probe_batch_sizes, repeats=cfg.repeats,
+                                   budget_seconds=cfg.probe_seconds, max_call_seconds=cfg.max_call_seconds,
+                                   device=device))
         sizes[key] = entry
     out["by_size"] = sizes
     return out

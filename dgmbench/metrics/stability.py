@@ -6,14 +6,14 @@ Three measurements, each a number in the comparison matrix:
   is the first of :data:`FINAL_METRIC_KEYS` a run reports: test NLL (bits/dim) for likelihood families; for the
   others the Fréchet distance, the linear-probe accuracy, and as a last resort the final training loss.
 * **divergence** — how many runs the trainer (or the family's ``check_diverged``) marked ``diverged``.
-* **curve roughness** — of the per-epoch training loss L_1..L_T:
+* **curve roughness** — of the per-epoch training loss L_1..L_T, the share of the curve's path length that is
+  spent going back and forth instead of making net progress:
 
-      roughness = mean_t |L_{t+1} − 2 L_t + L_{t−1}| / (max_t L_t − min_t L_t),
+      roughness = 1 − |L_T − L_1| / Σ_t |L_{t+1} − L_t|     (0 for a monotone curve, → 1 for pure zig-zag)
 
-  the mean absolute second difference, in units of the curve's own range (shift- and scale-free). A straight
-  or smoothly decaying curve scores near 0; a loss that zig-zags by its whole range scores 2. Beside it,
-  ``rise_fraction``: the fraction of epochs whose loss rose. Minimisation (ARM, flow, VAE) gives smooth
-  curves; an adversarial game (GAN) does not minimise one loss, and its curves zig-zag.
+  It is shift- and scale-free, and unlike a second difference it does not penalise a short curve for decaying
+  fast. Beside it, ``rise_fraction``: the fraction of epochs whose loss rose. Minimisation (ARM, flow, VAE)
+  gives (nearly) monotone curves; an adversarial game (GAN) does not minimise one loss, and its curves zig-zag.
 
 The learning-rate sensitivity sweep (``config/lr_sweep.yaml``: ×0.3, ×1, ×3 the family's default) gives
 :func:`lr_sensitivity`: the largest relative change of the final metric across the learning rates.
@@ -69,15 +69,12 @@ def diverged_count(runs: Sequence[dict]) -> int:
 
 
 def curve_roughness(losses: Sequence[float]) -> float:
-    """Mean |second difference| of a curve divided by its range (module docstring); NaN below three points."""
+    """1 − |net change| / total variation of a curve (module docstring); NaN below two points, 0 for a flat one."""
     vals = _finite(losses)
-    if len(vals) < 3:
+    if len(vals) < 2:
         return math.nan
-    span = max(vals) - min(vals)
-    if span == 0:
-        return 0.0
-    d2 = [abs(vals[t + 1] - 2 * vals[t] + vals[t - 1]) for t in range(1, len(vals) - 1)]
-    return sum(d2) / len(d2) / span
+    path = sum(abs(b - a) for a, b in zip(vals, vals[1:]))
+    return 0.0 if path == 0 else 1.0 - abs(vals[-1] - vals[0]) / path
 
 
 def rise_fraction(losses: Sequence[float]) -> float:

@@ -1,0 +1,114 @@
+"""Sampling-speed measurement: the timer, the batch-size ladder, the size probe and the ARM identity check."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import small_info
+from dgmbench.metrics.sampling import SamplingConfig, best_rate, evaluate_sampling_speed, sampler_speed, time_call
+from dgmbench.models.base import GenerativeModel
+
+
+@dataclass
+class StubConfig:
+    passes_per_pixel: int = 0  # 0: one pass per sample; 1: one pass per pixel (autoregressive-like)
+
+
+class StubSampler(GenerativeModel):
+    """Draws uniform levels; declares its passes from the config and the image size."""
+
+    can_sample = True
+    Config = StubConfig
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.w = nn.Parameter(torch.zeros(1))
+
+    @property
+    def sampling_passes(self):
+        return self.info.num_dims if self.cfg.passes_per_pixel else 1
+
+    def _sample(self, n):
+        return torch.randint(0, self.info.num_levels, (n, *self.info.shape))
+
+
+class StubAR(StubSampler):
+    autoregressive = True
+    naive_differs = False
+
+    def sample_naive(self, n):
+        x = self._sample(n)
+        return x + 1 if self.naive_differs else x
+
+
+FAST = SamplingConfig(batch_sizes=[1, 4], repeats=2, measure_seconds=0.05, probe_batch_sizes=[1, 2],
+                      probe_seconds=0.05, identity_check_samples=4)
+
+
+def test_time_call_takes_the_median_and_stops_at_the_budget():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.02)
+
+    t = time_call(fn, repeats=50, budget_seconds=0.1)
+    assert t >= 0.02
+    # One warm-up, then timed calls until ≥ 0.1 s were spent: each call takes ≥ 0.02 s, so at most 5 are timed
+    # (a loaded machine may stop sooner, never later), and never fewer than one.
+    assert 2 <= len(calls) <= 1 + 5
+
+
+def test_slow_batch_sizes_are_skipped_from_the_prediction():
+    """A sampler costing 0.05 s per image: batch 4 (0.2 s predicted) runs, batch 64 (3.2 s) is skipped."""
+    seen = []
+
+    def fn(n):
+        seen.append(n)
+        time.sleep(0.05 * n)
+
+    out = sampler_speed(fn, batch_sizes=[1, 4, 64], repeats=1, budget_seconds=0.01, max_call_seconds=1.0)
+    assert 64 not in seen and out["batch64_samples_per_s"] is None
+    assert out["batch4_samples_per_s"] == pytest.approx(20.0, rel=0.5)  # 4 images / 0.2 s
+    assert best_rate(out) == (4, out["batch4_samples_per_s"])
+
+
+def test_sampling_section_records_passes_and_the_size_probe():
+    model = StubSampler(StubConfig(passes_per_pixel=1), small_info(shape=(1, 8, 8), num_levels=17))
+    out = evaluate_sampling_speed(model, FAST, "cpu")
+    assert out["passes_per_sample"] == 64
+    assert out["batch1_samples_per_s"] > 0 and out["batch4_samples_per_s"] > 0
+    assert "naive_matches_fast" not in out  # not autoregressive
+    assert out["by_size"]["8x8"]["trained"] and not out["by_size"]["28x28"]["trained"]
+    assert out["by_size"]["28x28"]["shape"] == [1, 28, 28]
+    assert out["by_size"]["28x28"]["passes_per_sample"] == 28 * 28  # a fresh model of the same config, 28×28
+
+
+def test_identity_check_can_fail():
+    info = small_info(shape=(1, 8, 8), num_levels=17)
+    model = StubAR(StubConfig(), info)
+    assert evaluate_sampling_speed(model, FAST, "cpu")["naive_matches_fast"]
+    model.naive_differs = True
+    out = evaluate_sampling_speed(model, FAST, "cpu")
+    assert not out["naive_matches_fast"]
+    assert out["naive_batch1_samples_per_s"] > 0
+
+
+def test_registered_arm_cached_sampler_equals_the_naive_one(digits):
+    from dgmbench.models import MODELS, get_model
+
+    if "arm" not in MODELS:
+        pytest.skip("the arm family is not registered")
+    torch.manual_seed(0)
+    model = get_model("arm", digits.info).eval()
+    torch.manual_seed(1)
+    fast = model.sample(3)
+    torch.manual_seed(1)
+    naive = model.sample_naive(3)
+    assert torch.equal(fast, naive)
+    assert model.sampling_passes == digits.info.num_dims

@@ -150,3 +150,27 @@ def test_tables_and_figures_from_hand_made_runs(tmp_path):
     assert "every measured verdict agrees" in md and "arm-lr" not in md  # variants are not rows
     stab = (tmp_path / "tables" / "stability.md").read_text()
     assert "×0.3: 1.9" in stab and "×1: 1.85" in stab  # the lr sweep found the variants and the base runs
+
+
+@pytest.mark.parametrize("path", ["config/lr_sweep.yaml", "config/beta_sweep.yaml"])
+def test_sweep_grids_validate_and_keep_their_multipliers(path):
+    """Every lr variant is ×0.3 or ×3 its family's current default (catches a family changing its lr)."""
+    from pathlib import Path
+
+    from dgmbench.config import load_grid
+    from dgmbench.models import MODELS
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        grid = load_grid(root / path)
+    except Exception as err:  # a family of the sweep not registered (yet)
+        if "unknown model" in str(err):
+            pytest.skip(str(err))
+        raise
+    variants = grid["variants"]
+    assert variants
+    for name, v in variants.items():
+        if "lr" in v.get("train", {}):
+            default = MODELS.get(v["model"]).train_defaults.get("lr", 1e-3)
+            mult = v["train"]["lr"] / default
+            assert min(abs(mult - 0.3), abs(mult - 3.0)) < 1e-9, (name, mult)

@@ -117,7 +117,13 @@ def likelihood_cell(runs: list[dict], th: Thresholds = THRESHOLDS) -> tuple[str 
             return "exact", f"exact (Σp = {worst:.4f}; NLL {nll} bits/dim)"
         return "not normalised", f"not normalised (Σp = {worst:.4f}; declared exact)"
     gaps = [x["elbo_iwae_gap_nats"] for x in liks if "elbo_iwae_gap_nats" in x]
-    parts = [f"ELBO–IWAE gap {fmt_num(_mean(gaps))} nats" if gaps else f"{liks[0].get('estimator', 'bound')}"]
+    estimator = liks[0].get("estimator", "bound")
+    if gaps:
+        parts = [f"ELBO–IWAE gap {fmt_num(_mean(gaps))} nats"]
+    elif "dequantis" in estimator:
+        parts = [f"{estimator}: the continuous density is exact, the discrete likelihood is bounded"]
+    else:
+        parts = [estimator]
     iwae_sums = [n[k]["sum_p_iwae"] for n in norms for k in ("fresh_default", "fresh_run_config") if "sum_p_iwae" in n.get(k, {})]
     if sums:
         parts.append(f"Σp ≤ {max(sums + iwae_sums):.3f}")

@@ -48,7 +48,7 @@ def mask_with_indicator(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 @dataclass
 class DAEConfig(BackboneConfig):
-    corruption: Literal["gaussian", "mask", "mask_input"] = "mask_input"  # q(x̃|x), see the module docstring
+    corruption: Literal["gaussian", "mask", "mask_input"] = "gaussian"  # q(x̃|x), see the module docstring
     noise_std: float = 0.5  # σ of the additive Gaussian noise, in the [0, 1] pixel scale
     drop_prob: float = 0.5  # p, probability that a pixel is dropped (set to 0) by the masking corruptions
     hidden_dim: int = 256  # width of the decoder's hidden layer
@@ -70,7 +70,7 @@ class DAE(GenerativeModel):
     Config = DAEConfig
     can_embed = True
     embed_note = "conv encoder output on the clean image (mask = 1)"
-    train_defaults = {"max_epochs": 100, "patience": 0, "batch_size": 64, "lr": 1e-3}
+    train_defaults = {"max_epochs": 60, "patience": 0, "batch_size": 64, "lr": 1e-3}
 
     def __init__(self, cfg: DAEConfig, info):
         super().__init__(cfg, info)

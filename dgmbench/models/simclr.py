@@ -106,7 +106,7 @@ class SimCLR(GenerativeModel):
     can_embed = True
     embed_note = "conv encoder output h, before the projection head"
     # Large batches give NT-Xent more negatives (Chen et al. 2020); 1000 digits → 4 steps per epoch.
-    train_defaults = {"max_epochs": 150, "patience": 0, "batch_size": 256, "lr": 2e-3}
+    train_defaults = {"max_epochs": 100, "patience": 0, "batch_size": 256, "lr": 2e-3}
 
     def __init__(self, cfg: SimCLRConfig, info):
         super().__init__(cfg, info)

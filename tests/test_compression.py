@@ -202,3 +202,16 @@ def test_lossy_evaluator_on_a_model_with_known_rate_and_distortion(digits):
     assert out["mse"] == pytest.approx(0.25)
     assert out["psnr_db"] == pytest.approx(10 * math.log10(16**2 / 0.25))
     assert out["jpeg"][0]["bits_per_image"] > 0
+
+
+def test_normalisation_evaluator_on_an_exact_family(tiny):
+    from types import SimpleNamespace
+
+    from dgmbench.metrics.compression import NormalisationConfig, evaluate_normalisation
+
+    ctx = SimpleNamespace(model=tiny, device=torch.device("cpu"))
+    out = evaluate_normalisation(ctx, NormalisationConfig(spaces=[[1, 2, 2, 3]]))
+    assert out["type"] == "exact"
+    assert out["fresh_default"]["num_images"] == 81
+    assert out["fresh_default"]["sum_p"] == pytest.approx(1.0, abs=1e-6)
+    assert out["fresh_run_config"]["same_as"] == "fresh_default"  # the run uses the default config

@@ -112,3 +112,14 @@ def test_registered_arm_cached_sampler_equals_the_naive_one(digits):
     naive = model.sample_naive(3)
     assert torch.equal(fast, naive)
     assert model.sampling_passes == digits.info.num_dims
+
+
+def test_a_slow_first_call_is_not_repeated():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.03)
+
+    assert time_call(fn, repeats=5, budget_seconds=0.01) >= 0.03
+    assert len(calls) == 1  # the warm-up exceeded the budget: it is the measurement

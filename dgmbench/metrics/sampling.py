@@ -2,7 +2,7 @@
 
 What is measured (evaluator ``sampling``, for ``can_sample`` models), on the run's device:
 
-* samples/s at batch sizes 1, 16 and 256, each the median over up to ``repeats`` timed calls after a warm-up call,
+* samples/s at batch sizes 1, 4, 16, 64 and 256, each the median over up to ``repeats`` timed calls after a warm-up call,
   within a per-measurement time budget (a slow sampler gets fewer repeats, never fewer than one); a batch size
   whose single call would take longer than ``max_call_seconds`` (predicted from the previous size) is skipped;
 * ``passes_per_sample``: network evaluations per sample, the model's declared ``sampling_passes`` (1 for one-shot
@@ -32,10 +32,10 @@ from . import register_evaluator
 
 @dataclass
 class SamplingConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 256])  # increasing; timed in turn
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256])  # increasing; timed in turn
     repeats: int = 5  # timed calls per measurement (median), after one warm-up call
     measure_seconds: float = 1.0  # stop repeating a measurement once this much time was spent on it
-    max_call_seconds: float = 3.0  # skip a batch size whose one call is predicted to take longer than this
+    max_call_seconds: float = 4.0  # skip a batch size whose one call is predicted to take longer than this
     probe_sizes: list[int] = field(default_factory=lambda: [8, 28])  # square image sizes of the size probe
     probe_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])  # batch sizes of the size probe
     probe_seconds: float = 0.5  # time budget of each size-probe measurement
@@ -62,12 +62,17 @@ def _sync(device) -> None:
 @torch.no_grad()
 def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: bool = True) -> float:
     """Median wall-clock seconds of ``fn()`` over up to ``repeats`` calls, stopping once ``budget_seconds``
-    are spent (at least one timed call). One untimed warm-up call first, unless ``warmup`` is False."""
-    if warmup:
-        fn()
-        _sync(device)
+    are spent (at least one timed call). With ``warmup`` the first call is a warm-up — unless it alone took
+    longer than the budget, in which case a slow sampler is not run twice and that call is the measurement."""
     times: list[float] = []
     spent = 0.0
+    if warmup:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        first = time.perf_counter() - t0
+        if first > budget_seconds:
+            return first
     while len(times) < repeats and (not times or spent < budget_seconds):
         t0 = time.perf_counter()
         fn()

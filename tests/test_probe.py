@@ -110,6 +110,6 @@ def test_probe_table(tmp_path):
     df = pd.read_csv(csv)
     assert list(df["representation"]) == ["enc: h", "enc, untrained (random init)", "raw pixels"]
     assert df.loc[0, "linear (all labels)"] == "85.0 ± 7.1"  # mean ± sample sd of 80 and 90
-    assert df.loc[0, "k-NN (low-label)"] == "42.5 ± 3.5"
+    assert df.loc[0, "k-NN (1/class)"] == "42.5 ± 3.5"
     assert df.loc[2, "features"] == 64 and df.loc[2, "linear (all labels)"] == "80.0"
     assert "k = 5" in md.read_text()

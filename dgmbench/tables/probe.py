@@ -49,6 +49,10 @@ def probe_table(runs: list[dict], out_dir: Path) -> list[Path]:
     df = pd.DataFrame(rows)
     if len(df):
         df = df.sort_values(["dataset"], kind="stable").reset_index(drop=True)
+        budgets = {p["labels_per_class"] for p in protocols.values()}
+        if len(budgets) == 1:  # name the label budget in the header when every dataset shares it
+            n = budgets.pop()
+            df = df.rename(columns={c: c.replace("low-label", f"{n}/class") for c in df.columns})
     notes = [
         "Test accuracy (%) of a classifier on frozen features (model in eval mode), mean ± sd over seeds; "
         "the untrained rows rebuild each model with the same Config under a fixed different seed.",

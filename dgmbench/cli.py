@@ -16,6 +16,10 @@ from pathlib import Path
 EXIT_USER_ERROR = 2
 
 
+class UserError(Exception):
+    """A mistake in what the user asked for, found by the CLI itself; ``str()`` is the message."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -26,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .train import ResumeMismatch
 
     return (ConfigError, UnknownNameError, DatasetUnavailable, CheckpointError, TrackingUnavailable,
-            ResumeMismatch, DeviceUnavailable, PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+            ResumeMismatch, DeviceUnavailable, UserError, OSError)  # OSError: unwritable dir, full disk, ...
 
 
 def cmd_list(args) -> int:
@@ -60,7 +64,10 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
+    from .metrics import EVALUATORS
 
+    for name in args.only or []:
+        EVALUATORS.get(name)  # an unknown name stops here, listing the valid ones
     metrics = evaluate(Path(args.run), only=args.only)
     lik = metrics.get("likelihood", {})
     summary = f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim" if "nll_nats" in lik else "no likelihood"
@@ -72,7 +79,10 @@ def cmd_evaluate(args) -> int:
 def cmd_tables(args) -> int:
     from .tables import build_all
 
-    written = build_all(Path(args.runs), Path(args.out))
+    try:
+        written = build_all(Path(args.runs), Path(args.out))
+    except ValueError as err:  # an unreadable metrics.json; the message names it and the command that rewrites it
+        raise UserError(str(err)) from None
     for p in written:
         print(p)
     return 0

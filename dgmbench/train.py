@@ -87,10 +87,16 @@ def save_sample_grid(model, path: Path, num_samples: int = 64) -> None:
 def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dict:
     """Train one run (or resume it from ``out_dir/last.pt``); returns the training record."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run, out_dir)
+    resume_path = out_dir / "last.pt"
+    saved = checkpoint.load(resume_path, "resume") if resume_path.exists() else None
+    if saved is not None and saved["config"] != run.to_dict():  # checked before anything is written or logged
+        raise ResumeMismatch(
+            f"{resume_path} was written with a different config; delete {out_dir} to start over, or rerun "
+            "with the config it was trained with"
+        )
     seed_everything(run.seed)
-    dataset, model, device = build(run)
+    dataset, model, device = build(run)  # unknown or missing data stops here, before out_dir exists
+    out_dir.mkdir(parents=True, exist_ok=True)
     tc = run.train
     optimizers = model.configure_optimizers(tc)
     tracker = Tracker(run.tracking_uri, run.experiment)  # fails here, before any training, if unreachable
@@ -104,14 +110,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "curve": [], "seconds": 0.0,
              "status": "ok", "diverged_epoch": None, "diverged_reason": None, "stopped_early": False}
     best_state = copy.deepcopy(model.state_dict())
-    resume_path = out_dir / "last.pt"
-    if resume_path.exists():
-        saved = checkpoint.load(resume_path, "resume")
-        if saved["config"] != run.to_dict():
-            raise ResumeMismatch(
-                f"{resume_path} was written with a different config; delete {out_dir} to start over, or rerun "
-                "with the config it was trained with"
-            )
+    if saved is not None:
         model.load_state_dict(saved["model_state"])
         for opt, s in zip(optimizers, saved["optimizer_states"]):
             opt.load_state_dict(s)
@@ -121,6 +120,9 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         shuffle.set_state(saved["shuffle_rng"])
         log.info("resuming %s from epoch %d", run.run_name, state["epoch"])
         tracker.set_tags(run_id, {"resumed_from_epoch": state["epoch"]})
+    # Written only now: a run that stops on a mismatched last.pt or an unreachable tracker leaves the
+    # config.yaml of what is already in out_dir untouched.
+    write_config(run, out_dir)
     # Epochs a killed job logged after its last checkpoint are trained again on resume; MLflow already holds
     # them (the same values: training is deterministic), so log only the steps beyond what it has, keeping
     # one clean history per metric.

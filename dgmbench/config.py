@@ -191,6 +191,25 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+RESULTS_ROOT = "results"
+
+
+def check_results_path(key: str, value: str) -> None:
+    """A grid writes only inside ``results/`` of the working directory: ``runs_dir`` and ``results_dir`` must
+    be relative paths that stay under it after normalisation (no absolute paths, no ``..`` escapes). A config
+    file, which may come from someone else, then cannot make a pipeline write elsewhere; ``dgmbench train
+    --out`` given on the command line is the user's own choice and is not restricted."""
+    import os
+    import posixpath
+
+    norm = posixpath.normpath(str(value).replace(os.sep, "/")) if value else ""
+    if not value or posixpath.isabs(norm) or norm.split("/")[0] != RESULTS_ROOT:
+        raise ConfigError(
+            f"{key} = {value!r} is outside the results directory: it must be a relative path under "
+            f"{RESULTS_ROOT}/ (e.g. {RESULTS_ROOT}/runs); run from another working directory to write elsewhere"
+        )
+
+
 def validate_grid(raw: dict) -> dict:
     """Check a grid config (schema, registries, every model's and evaluator's keys); return it with defaults."""
     from .data import DATASETS
@@ -199,6 +218,12 @@ def validate_grid(raw: dict) -> dict:
 
     _schema_errors(raw)
     cfg = {**GRID_DEFAULTS, **raw}
+    for key in ("runs_dir", "results_dir"):
+        check_results_path(key, cfg[key])
+    for name, settings in cfg["eval"].items():  # evaluators' own output dirs (e.g. a cache) obey the same rule
+        for key, value in settings.items():
+            if key.endswith("_dir") and isinstance(value, str):
+                check_results_path(f"eval.{name}.{key}", value)
     if cfg["models"] is None:
         cfg["models"] = MODELS.names()
     for name, variant in cfg["variants"].items():

@@ -225,3 +225,41 @@ def test_corrupt_metrics_json_in_tables(capsys, tmp_path, isolated_cwd):
     (d / "metrics.json").write_text('{"run": ')
     msg = run_cli(capsys, "tables", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
     assert "metrics.json" in msg and "not valid JSON" in msg
+
+
+# ------------------------------------------------------------------------------------------------ safety
+@pytest.mark.parametrize("key,value", [("runs_dir", "/tmp/elsewhere"), ("results_dir", "../outside"),
+                                       ("runs_dir", "results/../../x"), ("results_dir", "runs"),
+                                       ("eval", {"sample_quality": {"cache_dir": "/tmp/cache"}})])
+def test_config_cannot_write_outside_results(key, value, capsys, tmp_path, isolated_cwd):
+    import yaml
+
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump({"datasets": ["digits"], "models": ["vae"], key: value}))
+    msg = run_cli(capsys, "train", "--config", str(cfg), "--dataset", "digits", "--model", "vae")
+    assert "outside the results directory" in msg
+
+
+@pytest.mark.parametrize("value", ["results", "results/runs", "./results/smoke/runs", "results/a/../b"])
+def test_results_paths_inside_are_accepted(value):
+    from dgmbench.config import validate_grid
+
+    assert validate_grid({"runs_dir": value, "results_dir": value})["runs_dir"] == value
+
+
+def test_out_on_the_command_line_may_be_anywhere(capsys, tmp_path, isolated_cwd):
+    out = tmp_path / "anywhere" / "run"  # outside the working directory's results/: the user's explicit choice
+    assert main(["train", "--dataset", "digits", "--model", "vae", "--out", str(out), *FAST]) == 0
+    assert (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("argv,host,warned", [([], "127.0.0.1", False), (["--host", "0.0.0.0"], "0.0.0.0", True)])
+def test_ui_binds_to_localhost_unless_asked(argv, host, warned, capsys, isolated_cwd, monkeypatch):
+    import dgmbench.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    assert main(["ui", *argv]) == 0
+    cmd = calls[0]
+    assert cmd[cmd.index("--host") + 1] == host
+    assert ("warning" in capsys.readouterr().err) == warned

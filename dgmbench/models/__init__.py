@@ -8,5 +8,6 @@ from . import arm, flow  # noqa: E402,F401
 from . import dae, masked, pca, simclr  # noqa: E402,F401  (self-supervised encoders)
 from . import gan  # noqa: E402,F401
 from . import diffusion  # noqa: E402,F401
+from . import hvae  # noqa: E402,F401
 
 __all__ = ["MODELS", "GenerativeModel", "Likelihood", "get_model", "list_models", "register_model"]

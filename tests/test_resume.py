@@ -157,3 +157,36 @@ def test_snakemake_rerun_resumes_a_killed_job(tmp_path):
     assert steps == list(range(1, MAX_EPOCHS + 1))
     record = torch.load(tmp_path / target, map_location="cpu", weights_only=True)["record"]
     assert record["epochs_run"] == MAX_EPOCHS and record["status"] == "ok"
+
+
+def test_divergence_is_data(capsys, isolated_cwd):
+    """A run whose loss goes non-finite ends as `diverged` with its epoch, in MLflow and in the tables, while
+    the other runs of the grid complete."""
+    from dgmbench.cli import main
+
+    small = ["--set", "train.max_epochs=3", "--set", "train.num_train=128", "--set", "train.num_val=64",
+             "--set", "device=cpu", "--set", "eval.likelihood.iwae_k=8", "--set", "eval.likelihood.iwae_repeats=2"]
+    runs = isolated_cwd / "results" / "runs" / "digits" / "vae"
+    assert main(["train", "--dataset", "digits", "--model", "vae", "--seed", "0", *small,
+                 "--out", str(runs / "seed0")]) == 0
+    assert main(["train", "--dataset", "digits", "--model", "vae", "--seed", "1", *small, "--set", "train.lr=1e6",
+                 "--out", str(runs / "seed1")]) == 0  # divergence is a result, not an error
+    assert "diverged after 1 epochs" in capsys.readouterr().out
+    for seed in (0, 1):
+        assert main(["evaluate", "--run", str(runs / f"seed{seed}"), "--only", "training", "likelihood"]) == 0
+    assert main(["tables", "--runs", "results/runs", "--out", "results"]) == 0
+
+    m = json.loads((runs / "seed1" / "metrics.json").read_text())["run"]
+    assert (m["status"], m["diverged_epoch"], m["diverged_reason"]) == ("diverged", 1, "non-finite training loss")
+    assert json.loads((runs / "seed0" / "metrics.json").read_text())["run"]["status"] == "ok"
+
+    client, found = _mlflow_runs(isolated_cwd)
+    by_seed = {r.data.tags["seed"]: r for r in found}
+    assert len(found) == 2 and by_seed["1"].data.tags["status"] == "diverged"
+    assert by_seed["1"].info.status == "FAILED" and by_seed["0"].info.status == "FINISHED"
+    assert [h.step for h in client.get_metric_history(by_seed["1"].info.run_id, "seconds")] == [1]
+
+    import pandas as pd
+
+    table = pd.read_csv(isolated_cwd / "results" / "tables" / "stability.csv")
+    assert table.set_index("model").loc["vae", "diverged"] == "1/2"

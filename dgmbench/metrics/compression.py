@@ -320,7 +320,8 @@ def total_probability(model, *, bound_repeats: int = 1, iwae_k: int = 0, batch_s
     """Σ_x exp(log_prob(x)) over every image of ``model.info`` (and Σ exp(IWAE-k) with ``iwae_k``), in float64.
 
     ``bound_repeats`` > 1 averages a stochastic bound's log-value over draws before exponentiating (the ELBO is
-    an expectation; one draw can exceed log p(x)).
+    an expectation; one draw can exceed log p(x)), so ``sum_p`` ≤ 1 for a valid bound. ``sum_p_iwae`` is not a
+    bound: exp(IWAE-k) is an unbiased, heavy-tailed estimate of p(x), so its sum estimates Σp = 1 (noisily).
     """
     x = enumerate_images(model.info.shape, model.info.num_levels)
     log_p, log_iwae = [], []

@@ -60,7 +60,7 @@ class MaskedModel(GenerativeModel):
     Config = MaskedConfig
     can_embed = True
     embed_note = "conv encoder output with nothing hidden, f([x ; 1])"
-    train_defaults = {"max_epochs": 100, "patience": 0, "batch_size": 64, "lr": 1e-3}
+    train_defaults = {"max_epochs": 80, "patience": 0, "batch_size": 64, "lr": 3e-3}
 
     def __init__(self, cfg: MaskedConfig, info):
         super().__init__(cfg, info)

@@ -69,7 +69,7 @@ class DAE(GenerativeModel):
     description = "Denoising auto-encoder: conv encoder, Gaussian / masking / mask-as-input corruption"
     Config = DAEConfig
     can_embed = True
-    embed_note = "conv encoder output on the clean image (mask = 1)"
+    embed_note = "conv encoder output on the clean image ([x ; 1] with mask_input)"
     train_defaults = {"max_epochs": 60, "patience": 0, "batch_size": 64, "lr": 1e-3}
 
     def __init__(self, cfg: DAEConfig, info):

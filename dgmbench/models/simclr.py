@@ -19,7 +19,7 @@ rectangle (Zhong et al. 2020). Colour jitter and flips do not suit digits and ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +113,7 @@ class SimCLR(GenerativeModel):
         C, H, W = info.shape
         self.encoder = ConvEncoder(C, H, W, cfg.channels, cfg.feature_dim)  # f
         self.head = mlp_head(cfg.feature_dim, cfg.projection_hidden, cfg.projection_dim)  # g, discarded
-        self.augment = Augment(cfg.max_rotation, cfg.min_scale, cfg.max_shift, cfg.noise_std,
-                               cfg.erase_prob, cfg.erase_max)
+        self.augment = Augment(**{f.name: getattr(cfg, f.name) for f in fields(Augment)})  # same-named fields
 
     def loss(self, x):
         u = to_unit_interval(self.check_input(x), self.info.num_levels)  # (B, C, H, W)

@@ -42,12 +42,12 @@ from .base import GenerativeModel, Likelihood, register_model
 
 @dataclass
 class ARMConfig:
-    hidden_channels: int = 64  # F, features per stack (split into C groups for channel masking)
+    hidden_channels: int = 32  # F, features per stack (split into C groups for channel masking)
     num_layers: int = 5  # gated layers (each has a vertical and a horizontal convolution)
     first_kernel: int = 5  # odd width k0 of the first layer (sees k0//2 rows up and k0//2 columns left)
     kernel: int = 3  # odd width k of later layers (each adds k//2 rows/columns of receptive field)
-    head_channels: int = 128  # width of the 1×1 output head before the logits
-    dropout: float = 0.0  # dropout on the gated horizontal features (regularises small datasets)
+    head_channels: int = 64  # width of the 1×1 output head before the logits
+    dropout: float = 0.1  # dropout on the gated horizontal features (regularises small datasets)
 
     def validate(self):
         if self.hidden_channels < 1 or self.num_layers < 1 or self.head_channels < 1:
@@ -145,7 +145,7 @@ class ARM(GenerativeModel):
     can_sample = True
     can_embed = True
     embed_note = "last horizontal-stack features, averaged over all positions (F dims)"
-    train_defaults = {"max_epochs": 40, "patience": 8, "batch_size": 32, "lr": 2e-3}
+    train_defaults = {"max_epochs": 30, "patience": 8, "batch_size": 32, "lr": 2e-3}
 
     def __init__(self, cfg: ARMConfig, info):
         super().__init__(cfg, info)

@@ -61,7 +61,7 @@ def nll_vs_speed(runs: list[dict], out_dir: Path) -> list[Path]:
             ax.annotate(model, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("samples/s at the largest batch measured (log scale)")
-        ax.set_ylabel("test NLL (bits/dim; bound for ■)")
+        ax.set_ylabel("test NLL (bits/dim; upper bound for □)")
         ax.set_title(f"{dataset}: likelihood vs sampling speed\n● exact  □ bound (NLL ≤ value)", fontsize=9)
         ax.grid(alpha=0.3)
         written.append(_save(fig, _fig_dir(out_dir) / f"nll_vs_speed_{dataset}.png"))

@@ -68,7 +68,9 @@ class Tracker:
                 self.db.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise TrackingUnavailable(f"cannot create the MLflow store directory {self.db.parent}: {err}") from None
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # Under the lock: creating a client can open the store, and the first opening of a fresh sqlite store
+        # runs schema migrations, which race between processes ("duplicate column name") if not serialised.
+        self.client = self._call(MlflowClient, tracking_uri=self.uri)
         self.experiment_id = self._call(self._experiment, experiment)
 
     # -- locking and retries -------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ class HVAEConfig:
     z1_dim: int = 16  # M1, dimensions of the bottom latent z1 (the decoder's input)
     z2_dim: int = 8  # M2, dimensions of the top latent z2
     hidden_dim: int = 256  # width of every MLP
-    num_layers: int = 2  # hidden layers in the bottom-up encoder, the top-down prior and the decoder MLPs
+    # Hidden layers in the bottom-up encoder, the top-down prior and the decoder MLPs. On digits 1 beat 2 on each of
+    # 3 seeds (IWAE-300: 94.5 vs 94.9 nats mean) at ~3/4 of the cost: the data are small and 2 overfits sooner.
+    num_layers: int = 1
     decoder: Literal["categorical", "logistic"] = "categorical"  # discrete likelihood over the L levels
     # How q(z1|z2,x) combines top-down and bottom-up. On digits (seed 0, IWAE-200) "residual" reached 94.9 nats
     # and "precision" 96.7 with the same warm-up; without warm-up 96.3 and 99.6 (z1 collapses onto its prior).

@@ -317,7 +317,7 @@ class Flow(GenerativeModel):
     can_sample = True
     can_embed = True
     embed_note = "latent z = f((x + 0.5) / L) at the centre of each pixel's dequantisation interval (D dims)"
-    train_defaults = {"max_epochs": 150, "patience": 20, "batch_size": 64, "lr": 1e-3, "grad_clip": 50.0}
+    train_defaults = {"max_epochs": 60, "patience": 15, "batch_size": 64, "lr": 2e-3, "grad_clip": 50.0}
 
     def __init__(self, cfg: FlowConfig, info):
         super().__init__(cfg, info)

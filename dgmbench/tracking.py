@@ -116,7 +116,13 @@ class Tracker:
         location = None
         if self.db is not None:  # keep artifacts beside the sqlite file, not in the working directory
             location = (self.db.parent / "artifacts").resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception as err:  # another job created it since we looked (servers take no lock of ours)
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise err
+            return exp.experiment_id
 
     # -- runs ----------------------------------------------------------------------------------------------
     def start_run(self, run_dir: Path, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:

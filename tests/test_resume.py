@@ -79,7 +79,7 @@ def _comparable(metrics: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_result(tmp_path):
+def test_killed_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     from dgmbench.config import load_grid, resolve_run
     from dgmbench.evaluate import evaluate
     from dgmbench.train import train
@@ -119,8 +119,10 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
         assert torch.equal(saved["model_state"][k], v), f"weights differ in {k}"
     strip = lambda curve: [{k: v for k, v in row.items() if k != "seconds"} for row in curve]  # noqa: E731
     assert strip(saved["record"]["curve"]) == strip(reference["record"]["curve"])
+    monkeypatch.chdir(work)  # the killed run's MLflow store is ./mlflow of the directory it ran in
     metrics = evaluate(out, only=["training", "likelihood"])
     assert _comparable(metrics) == _comparable(ref_metrics)
+    assert len(_mlflow_runs(work)[1]) == 1  # evaluation logged to the training run, not to a new one
 
     # One clean MLflow history: every epoch once, with the values of the final curve.
     history = client.get_metric_history(runs[0].info.run_id, "train_loss")

@@ -218,7 +218,10 @@ def lr_sweep(runs: list[dict], dataset: str, model: str) -> dict[float, float]:
         lr, fm = r.get("training", {}).get("lr"), final_metric(r)
         if lr is None or fm is None or r["run"]["status"] != "ok":
             continue
-        by_mult.setdefault(float(f"{lr / base_lr:.2g}"), []).append(fm[1])
+        mult = float(f"{lr / base_lr:.2g}")
+        if mult == 1.0 and r["run"].get("variant"):
+            continue  # a variant at the base lr differs in something else (a β sweep): not the ×1 point
+        by_mult.setdefault(mult, []).append(fm[1])
     return {m: _mean(v) for m, v in sorted(by_mult.items())}
 
 

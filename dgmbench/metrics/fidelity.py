@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,7 +68,9 @@ def frechet_distance_from_stats(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarr
     """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) between N(μ1, Σ1) and N(μ2, Σ2)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
+    with warnings.catch_warnings():  # a singular product is handled just below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         # Singular product (e.g. dead ReLU features): regularise both covariances slightly, as pytorch-fid does.
         eps = 1e-6 * np.eye(len(cov1))

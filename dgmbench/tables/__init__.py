@@ -90,6 +90,7 @@ def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:
 
 
 from . import figures, likelihood  # noqa: E402,F401  (register the builders)
+from . import sample_quality  # noqa: E402,F401
 from . import probe  # noqa: E402,F401
 from . import ood  # noqa: E402,F401
 from . import matrix, plots  # noqa: E402,F401

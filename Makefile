@@ -11,7 +11,7 @@ CORES  ?= 2
 # The torch/torchvision pair that imports together on this machine kind (other pairs fail or download GBs).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test bench smoke tables report ui full-data clean-results
+.PHONY: setup test test-all bench smoke tables report ui full-data clean-results
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Everything, including the scale-out tests (parallel writers, a local SLURM cluster: needs root, the Debian
+# packages slurmctld slurmd slurm-client munge, and `pip install -e '.[slurm]'`; skipped with the reason otherwise).
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
 
 bench: setup
 	@start=$$(date +%s); \

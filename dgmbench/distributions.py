@@ -74,20 +74,16 @@ def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x
     Returns:
         (B,) log-probabilities in nats.
     """
-    centre = to_symmetric(x, num_levels)
-    half = 1.0 / (num_levels - 1)
+    # Bin edges from integers, so bin k's upper edge is exactly bin k+1's lower edge and the bins tile [-1, 1].
+    upper = (2 * x.long() + 1).to(mean.dtype) / (num_levels - 1) - 1.0
+    lower = (2 * x.long() - 1).to(mean.dtype) / (num_levels - 1) - 1.0
     inv_s = torch.exp(-log_scale)
-    plus = inv_s * (centre + half - mean)
-    minus = inv_s * (centre - half - mean)
-    cdf_plus = torch.sigmoid(plus)
-    cdf_minus = torch.sigmoid(minus)
+    plus = inv_s * (upper - mean)
+    minus = inv_s * (lower - mean)
     log_cdf_plus = F.logsigmoid(plus)  # log P(X ≤ upper edge), used for the first bin
     log_one_minus_cdf_minus = -F.softplus(minus)  # log P(X > lower edge), used for the last bin
-    mid = (cdf_plus - cdf_minus).clamp_min(1e-12)
-    # In the far tails cdf_plus - cdf_minus underflows; there use the density at the centre times the bin width.
-    mid_in = inv_s * (centre - mean)
-    log_pdf_mid = mid_in - log_scale - 2.0 * F.softplus(mid_in) + math.log(2 * half)
-    log_mid = torch.where(mid > 1e-5, torch.log(mid), log_pdf_mid)
+    # log(σ(plus) − σ(minus)) = log σ(plus) + log σ(−minus) + log(1 − e^{minus − plus}): exact and stable in the tails.
+    log_mid = F.logsigmoid(plus) + F.logsigmoid(-minus) + torch.log(-torch.expm1(minus - plus))
     xl = x.long()
     log_p = torch.where(xl == 0, log_cdf_plus, torch.where(xl == num_levels - 1, log_one_minus_cdf_minus, log_mid))
     return log_p.flatten(1).sum(1)

@@ -86,7 +86,14 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None) -> dict:
         if section is not None:
             metrics[ev.name] = section
             log.info("%s: %s done in %.1fs", run.run_name, ev.name, metrics["timing"][f"{ev.name}_seconds"])
-    write_json(metrics, run_dir / "metrics.json")
+    previous = run_dir / "metrics.json"
+    if only and previous.exists():  # recompute some sections, keep the others
+        try:
+            old = json.loads(previous.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        metrics = {**old, **metrics, "timing": {**old.get("timing", {}), **metrics["timing"]}}
+    write_json(metrics, previous)
 
     tracker = Tracker(run.tracking_uri, run.experiment)
     run_id = tracker.start_run(run_dir, run.run_name, flatten(run.to_dict()), {})

@@ -34,6 +34,11 @@ def set_threads(threads: int) -> None:
     """Torch intra-op threads for this process (one Snakemake job = ``threads`` cores, no oversubscription)."""
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # numpy/scipy's BLAS was loaded before this runs, so OMP_NUM_THREADS no longer reaches it; limit it directly
+    # (without this, scikit-learn's solvers in two parallel jobs on two cores ran ~100× slower).
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
 
 
 def rng_state() -> dict:

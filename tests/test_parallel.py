@@ -65,7 +65,7 @@ def check_recorded_once(uri: str, workdir: Path, seeds: int) -> None:
         assert EXPECTED_ARTIFACTS <= {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_eight_jobs_on_two_cores_sqlite(tmp_path):
     seeds = 8
     snakemake(tmp_path, grid(tmp_path, seeds, None))
@@ -114,7 +114,7 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_parallel_jobs_against_an_mlflow_server(tmp_path, mlflow_server):
     url, artifacts = mlflow_server
     seeds = 4

@@ -71,7 +71,7 @@ def tables(workdir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_smoke_grid_through_sbatch_matches_local(cluster, tmp_path):
     state = cluster
     work = tmp_path / "slurm"

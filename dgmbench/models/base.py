@@ -118,6 +118,11 @@ class GenerativeModel(nn.Module):
         """
         raise TypeError(f"model {self.name!r} is not autoregressive")
 
+    def sample_naive(self, num_samples: int) -> torch.Tensor:
+        """Samples by full recomputation of the network per position, the reference for a cached fast path
+        (``autoregressive`` families); identical to ``sample`` for the same weights and seed."""
+        raise TypeError(f"model {self.name!r} is not autoregressive")
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float reconstruction in level units from the latent code (``lossy`` families)."""
         raise TypeError(f"model {self.name!r} does not reconstruct (lossy = False)")

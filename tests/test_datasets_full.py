@@ -18,7 +18,7 @@ SIZES = {
     "digits": (1000, 350, 447),
     "fashion-mnist": (50000, 10000, 10000),
     "mnist5k": (3000, 1000, 1000),
-    "animal-mnist": (7000, 1500, 1500),
+    "animal-mnist": (6716, 1500, 1500),  # the 9,716 distinct images of the package
     "mnist": (50000, 10000, 10000),
     "cifar10": (45000, 5000, 10000),
     "toy2d-ring": (10000, 2000, 2000),
@@ -59,9 +59,7 @@ def test_splits_shapes_levels_labels(name):
 
 @pytest.mark.parametrize("name", [
     "digits", "fashion-mnist", "mnist5k", "toy2d-ring", "toy2d-checker",
-    pytest.param("toy2d-gaussian", marks=pytest.mark.xfail(strict=True, reason=(
-        "data.py labels toy2d-gaussian by nearest mixture component, and it has one, so every label is 0 although "
-        "num_classes = 4 (quadrants); fix: in Toy2D.sample use the quadrant label when len(self.means) == 1"))),
+    "toy2d-gaussian",
     "animal-mnist",
 ])
 def test_every_class_appears_in_every_split(name):
@@ -72,10 +70,7 @@ def test_every_class_appears_in_every_split(name):
 
 @pytest.mark.parametrize("name", [
     "digits", "fashion-mnist", "mnist5k",
-    pytest.param("animal-mnist", marks=pytest.mark.xfail(strict=True, reason=(
-        "the animal-mnist package holds duplicate images (9,716 distinct of 10,000; duplicates share labels), "
-        "so a split of its indices shares ~70 images between train and test; deduplicating before the split "
-        "would fix it"))),
+    "animal-mnist",
 ])
 def test_splits_share_no_image(name):
     ds = load_or_skip(name)

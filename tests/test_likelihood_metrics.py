@@ -53,11 +53,9 @@ def test_categorical_normalises_and_matches_softmax(scale):
 # ------------------------------------------------------------------------ discretised logistic levels
 def logistic_bin_probs(mean: float, log_scale: float, L: int) -> torch.Tensor:
     """(L,) bin masses F(upper) − F(lower) from the logistic CDF F(y) = σ((y − μ)/s) in float64, the end bins open
-    to ∓∞. Bin k is [c_k − h, c_k + h], c_k = 2k/(L−1) − 1, h = 1/(L−1); the edges are rounded to float32 as the
-    code computes them from the levels (to_symmetric gives float32), so the comparison isolates the probability
-    computation from that rounding (~6e-8 on the edges: up to ~1e-5 relative on a bin of width 2/255)."""
-    centres = 2.0 * torch.arange(L, dtype=torch.float32) / (L - 1) - 1.0
-    upper, lower = (centres + 1.0 / (L - 1)).double(), (centres - 1.0 / (L - 1)).double()
+    to ∓∞. Bin k is [(2k − 1)/(L−1) − 1, (2k + 1)/(L−1) − 1], so neighbouring bins share their edge exactly."""
+    k = torch.arange(L, dtype=torch.float64)
+    upper, lower = (2 * k + 1) / (L - 1) - 1.0, (2 * k - 1) / (L - 1) - 1.0
     upper[-1], lower[0] = math.inf, -math.inf
     s = math.exp(log_scale)
     return torch.sigmoid((upper - mean) / s) - torch.sigmoid((lower - mean) / s)
@@ -79,9 +77,8 @@ LOG_SCALES = [-7.0, -4.0, -1.5, 0.0, 3.0]  # from a spike narrower than a bin (-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_discretized_logistic_normalises(L, dtype):
     """The L bin probabilities sum to one for every mean and scale, extreme ones included."""
-    # Bins of mass < 1e-5 use density × bin width (PixelCNN++'s tail branch), which under-counts them when the
-    # scale is far below the bin width: at log_scale = -7 with L = 256 the total falls short by ~2e-5.
-    tol = 1e-4
+    # Exact bin masses (no tail approximation) and edges that tile: one up to float rounding.
+    tol = 1e-6
     for mean in MEANS:
         for log_scale in LOG_SCALES:
             total = float(all_level_log_probs(mean, log_scale, L, dtype).double().exp().sum())
@@ -95,8 +92,8 @@ def test_discretized_logistic_matches_logistic_cdf(L):
         for log_scale in LOG_SCALES:
             ref = logistic_bin_probs(mean, log_scale, L)  # (L,)
             got = all_level_log_probs(mean, log_scale, L, torch.float64)
-            torch.testing.assert_close(got.exp(), ref, atol=1e-5, rtol=0)  # tail branch below 1e-5: see above
-            big = ref > 1e-5  # where the exact branch is used, the log-probabilities agree to rounding
+            torch.testing.assert_close(got.exp(), ref, atol=1e-12, rtol=0)
+            big = ref > 1e-8  # below this the reference σ(b) − σ(a) itself loses digits to cancellation
             torch.testing.assert_close(got[big], ref[big].log(), atol=1e-6, rtol=0)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import register_evaluator
+from .likelihood import batched
 
 
 @dataclass
@@ -55,10 +56,9 @@ class ProbeConfig:
 
 
 # --------------------------------------------------------------------------------------------- pieces
-@torch.no_grad()
 def extract_features(embed, x: torch.Tensor, batch_size: int, device) -> np.ndarray:
     """(N, F) float64 features of integer images x, computed in batches."""
-    return torch.cat([embed(x[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(x), batch_size)]).numpy()
+    return batched(embed, x, batch_size, device).numpy()
 
 
 def label_subset(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:

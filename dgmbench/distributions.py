@@ -62,21 +62,24 @@ def categorical_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(logits, x.long(), reduction="none").flatten(1).sum(1)
 
 
-def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor, num_levels: int) -> torch.Tensor:
-    """log P(x) under a logistic(mean, scale) discretised into L bins on [-1, 1] (PixelCNN++, Salimans et al. 2017).
+def discretized_logistic_log_pmf(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Elementwise log P(x) under a logistic(mean, scale) discretised into L bins on [-1, 1] (PixelCNN++,
+    Salimans et al. 2017).
 
     Bin k covers [c_k - h, c_k + h] with centres c_k = 2k/(L-1) - 1 and h = 1/(L-1); the first and last bins
     extend to ∓∞ so the L probabilities sum to exactly one.
 
     Args:
         mean, log_scale: (B, *dims) parameters in the [-1, 1] scale.
-        x: (B, *dims) integer levels.
+        x: (B, *dims) integer levels; a float tensor holding integers stays differentiable in x (the bin moves
+            with it: the straight-through gradient integer discrete flows train with).
     Returns:
-        (B,) log-probabilities in nats.
+        (B, *dims) log-probabilities in nats.
     """
+    xv = x if x.is_floating_point() else x.long()
     # Bin edges from integers, so bin k's upper edge is exactly bin k+1's lower edge and the bins tile [-1, 1].
-    upper = (2 * x.long() + 1).to(mean.dtype) / (num_levels - 1) - 1.0
-    lower = (2 * x.long() - 1).to(mean.dtype) / (num_levels - 1) - 1.0
+    upper = (2 * xv + 1).to(mean.dtype) / (num_levels - 1) - 1.0
+    lower = (2 * xv - 1).to(mean.dtype) / (num_levels - 1) - 1.0
     inv_s = torch.exp(-log_scale)
     plus = inv_s * (upper - mean)
     minus = inv_s * (lower - mean)
@@ -84,9 +87,13 @@ def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x
     log_one_minus_cdf_minus = -F.softplus(minus)  # log P(X > lower edge), used for the last bin
     # log(σ(plus) − σ(minus)) = log σ(plus) + log σ(−minus) + log(1 − e^{minus − plus}): exact and stable in the tails.
     log_mid = F.logsigmoid(plus) + F.logsigmoid(-minus) + torch.log(-torch.expm1(minus - plus))
-    xl = x.long()
-    log_p = torch.where(xl == 0, log_cdf_plus, torch.where(xl == num_levels - 1, log_one_minus_cdf_minus, log_mid))
-    return log_p.flatten(1).sum(1)
+    xl = xv.detach().round().long() if xv.is_floating_point() else xv
+    return torch.where(xl == 0, log_cdf_plus, torch.where(xl == num_levels - 1, log_one_minus_cdf_minus, log_mid))
+
+
+def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """(B,) log P(x) summed over all dimensions but the batch (see :func:`discretized_logistic_log_pmf`)."""
+    return discretized_logistic_log_pmf(mean, log_scale, x, num_levels).flatten(1).sum(1)
 
 
 def log_mean_exp(a: torch.Tensor, dim: int) -> torch.Tensor:

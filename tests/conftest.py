@@ -30,3 +30,12 @@ def small_info(shape=(1, 4, 4), num_levels=3, name="tiny"):
     from dgmbench.data import DatasetInfo
 
     return DatasetInfo(name, shape, num_levels, 2, "test images")
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test (exactness checks: invertibility, log-dets, Σp = 1)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -14,12 +14,7 @@ from dgmbench.models import get_model
 from dgmbench.models import flow as fl
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # conftest: float64 default dtype for every test here
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:

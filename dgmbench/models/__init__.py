@@ -4,7 +4,7 @@ from .base import MODELS, GenerativeModel, Likelihood, get_model, list_models, r
 
 # Importing a family's module registers it.
 from . import vae  # noqa: E402,F401
-from . import arm, flow  # noqa: E402,F401
+from . import arm, discrete_flow, flow  # noqa: E402,F401
 from . import dae, masked, pca, simclr  # noqa: E402,F401  (self-supervised encoders)
 from . import gan  # noqa: E402,F401
 from . import diffusion  # noqa: E402,F401

@@ -47,6 +47,8 @@ class GenerativeModel(nn.Module):
     supports_iwae: ClassVar[bool] = False  # latent-variable families: log_prob_iwae(x, k) is defined
     autoregressive: ClassVar[bool] = False  # conditional_logits(x) gives every p(x_d | x_<d) (lossless coding)
     lossy: ClassVar[bool] = False  # reconstruct(x) and latent_rate_nats(x) are defined (lossy compression)
+    discrete_latent: ClassVar[bool] = False  # to_latent/from_latent: a bijection of the integer images, with
+    # P(z) given group by group by latent_log_pmf (discrete flows; lossless coding through z)
     can_sample: ClassVar[bool] = False
     can_embed: ClassVar[bool] = False
     embed_note: ClassVar[str] = ""  # what embed() returns, or why the family cannot embed
@@ -122,6 +124,24 @@ class GenerativeModel(nn.Module):
         """Samples by full recomputation of the network per position, the reference for a cached fast path
         (``autoregressive`` families); identical to ``sample`` for the same weights and seed."""
         raise TypeError(f"model {self.name!r} is not autoregressive")
+
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """z = f(x), (B, C, H, W) integer levels, for a bijection f of the integer images (``discrete_latent``)."""
+        raise TypeError(f"model {self.name!r} has no discrete latent (discrete_latent = False)")
+
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """x = f⁻¹(z) (``discrete_latent`` families)."""
+        raise TypeError(f"model {self.name!r} has no discrete latent (discrete_latent = False)")
+
+    @property
+    def latent_groups(self) -> list[torch.Tensor]:
+        """(C, H, W) boolean masks partitioning z, in decoding order (``discrete_latent`` families)."""
+        raise TypeError(f"model {self.name!r} has no discrete latent (discrete_latent = False)")
+
+    def latent_log_pmf(self, z: torch.Tensor, group: int) -> torch.Tensor:
+        """(B, L, C, H, W) log P(z_d = k | z of earlier groups) for every level k, read at ``group``'s positions;
+        only earlier groups of ``z`` may be read (``discrete_latent`` families). log p(x) = Σ_groups of these."""
+        raise TypeError(f"model {self.name!r} has no discrete latent (discrete_latent = False)")
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float reconstruction in level units from the latent code (``lossy`` families)."""

@@ -169,7 +169,7 @@ class GroupPrior(nn.Module):
 
 @register_model("idf")
 class DiscreteFlow(GenerativeModel):
-    family = "flow"
+    family = "flow (discrete, IDF)"
     description = "Discrete flow: modular integer couplings (Tran et al.; IDF) — exact likelihood, ANS lossless code"
     Config = DiscreteFlowConfig
     likelihood = Likelihood.EXACT

@@ -309,7 +309,7 @@ class VariationalDequantizer(nn.Module):
 # ----------------------------------------------------------------------------------------------- model
 @register_model("flow")
 class Flow(GenerativeModel):
-    family = "flow"
+    family = "flow (RealNVP/Glow)"
     description = "Flow: RealNVP couplings + Glow actnorm/1×1 conv; uniform or variational dequantisation bound"
     Config = FlowConfig
     likelihood = Likelihood.BOUND

@@ -22,7 +22,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 
 
+# The runs are targets too, not only the tables: results/tables is committed, so on a fresh clone (or after
+# `make clean-results`) the tables already exist and Snakemake would otherwise see nothing to do. A missing
+# metrics.json makes its train/evaluate jobs run, and the new metrics then make the tables rule run again.
 rule all:
     input:
+        ALL_METRICS,
         f"{RESULTS}/tables",
         f"{RESULTS}/figures",

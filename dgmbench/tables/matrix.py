@@ -183,6 +183,9 @@ def lossless_cell(runs: list[dict], th: Thresholds = THRESHOLDS) -> tuple[str | 
     flag = ""
     if not math.isnan(nll) and coded / nll - 1 > th.max_lossless_overhead:
         flag = f", overhead {fmt_pct(coded / nll - 1)} > {fmt_pct(th.max_lossless_overhead)}"
+    changed = [c["latent_changed_fraction"] for c in cs if "latent_changed_fraction" in c]
+    if changed:  # a discrete flow: say how much of the image its learned bijection actually moves
+        flag += f"; couplings move {fmt_pct(_mean(changed))} of values"
     return "yes", f"yes ({coded:.3f} coded vs NLL {nll:.3f} bits/dim{flag})"
 
 
@@ -353,7 +356,9 @@ def compression_table(runs: list[dict], out_dir: Path) -> list[Path]:
             "ideal −log₂p (bits/dim)": fmt_mean_sd([c.get("ideal_bpd") for c in cs], 3) if coded else MISSING,
             "model NLL (bits/dim)": fmt_mean_sd([c.get("model_nll_bpd") for c in cs], 3),
             "round trip": ("exact" if all(c.get("round_trip_exact") for c in cs) else "FAILED") if coded else MISSING,
-            "notes": cs[0].get("coder", "") if coded else cs[0].get("reason", ""),
+            "notes": (cs[0].get("coder", "") if coded else cs[0].get("reason", "")) + (
+                f"; z ≠ x at {fmt_pct(_mean(c['latent_changed_fraction'] for c in cs))} of values"
+                if "latent_changed_fraction" in cs[0] else ""),
         })
     names = {"uniform": "uniform code, log₂ L", "gzip": "gzip -9", "lzma": "lzma (xz -9)", "png": "PNG (optimised)",
              "webp_lossless": "WebP lossless"}

@@ -2,7 +2,9 @@
 # A real single-node SLURM cluster on this machine, to run the pipeline through sbatch without a cluster.
 #   workflow/slurm/local_cluster.sh start            start munged, slurmctld, slurmd (needs root and the packages:
 #                                                    apt-get install -y slurmctld slurmd slurm-client munge)
-#   workflow/slurm/local_cluster.sh run-smoke [DIR]  run config/smoke.yaml through the slurm profile in DIR
+#   workflow/slurm/local_cluster.sh run-smoke [DIR [GRID]]
+#                                                    run a grid (default config/smoke.yaml) through the slurm
+#                                                    profile in DIR
 #   workflow/slurm/local_cluster.sh stop             stop the daemons it started (by pid file)
 #   workflow/slurm/local_cluster.sh status           sinfo
 # State, logs and slurm.conf go to $DGMBENCH_SLURM_DIR (default /tmp/dgmbench-slurm); export
@@ -105,12 +107,15 @@ stop() {
 
 run_smoke() {
     local dir="${1:-$(mktemp -d /tmp/dgmbench-slurm-smoke.XXXXXX)}"
+    local grid="${2:-$REPO/config/smoke.yaml}"
+    [ -f "$grid" ] || die "no grid config $grid"
+    grid="$(cd "$(dirname "$grid")" && pwd)/$(basename "$grid")"  # absolute: we cd into $dir below
     mkdir -p "$dir"
-    echo "local_cluster: running the smoke grid in $dir through sbatch" >&2
+    echo "local_cluster: running $grid in $dir through sbatch" >&2
     cd "$dir"
     PATH="$(dirname "$PYTHON"):$PATH" timeout -s KILL "$SMOKE_TIMEOUT" \
         "$PYTHON" -m snakemake -s "$REPO/Snakefile" -d "$dir" --profile "$REPO/workflow/profiles/slurm" \
-        --configfile "$REPO/config/smoke.yaml" --jobs 4 --latency-wait 5 --retries 0 \
+        --configfile "$grid" --jobs 4 --latency-wait 5 --retries 0 \
         --slurm-status-command squeue --slurm-init-seconds-before-status-checks 1 --slurm-no-account \
         --slurm-keep-successful-logs --slurm-logdir "$dir/results/logs/slurm" \
         --default-resources runtime=30 mem_mb=1000 cpus_per_task=1 "slurm_partition=''"
@@ -121,5 +126,5 @@ case "${1:-}" in
     stop) stop ;;
     status) sinfo ;;
     run-smoke) shift; run_smoke "$@" ;;
-    *) sed -n '2,11p' "$0"; exit 2 ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-LIKELIHOOD_FAMILIES = ["arm", "flow", "vae", "hvae", "diffusion"]
+LIKELIHOOD_FAMILIES = ["arm", "idf", "flow", "vae", "hvae", "diffusion"]
 
 
 def best_speed(sampling: dict) -> float | None:

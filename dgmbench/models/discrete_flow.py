@@ -170,7 +170,7 @@ class GroupPrior(nn.Module):
 @register_model("idf")
 class DiscreteFlow(GenerativeModel):
     family = "flow (discrete, IDF)"
-    description = "Discrete flow: modular integer couplings (Tran et al.; IDF) — exact likelihood, ANS lossless code"
+    description = "Discrete flow: modular integer couplings (Tran et al.; IDF), multiscale factor-out prior; exact, ANS-coded"
     Config = DiscreteFlowConfig
     likelihood = Likelihood.EXACT
     estimator = "exact (bijection of the integer levels)"

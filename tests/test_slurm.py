@@ -6,8 +6,10 @@ The grid is a tiny one written into the test's directory: two families that betw
 exact likelihood with a real entropy coder; a latent-variable bound with IWAE, an encoder and a lossy codec), one
 seed, the training and evaluation settings of tests/test_parallel.py. It is the plumbing under test (sbatch, the
 jobstep, squeue polling, outputs on the shared filesystem), not the numbers. Two runs fill the node's two slots,
-so each stage (train, evaluate, tables) is one wave of jobs; the plugin's squeue polls back off (1, 11, 21 s
-... after the last change), so a stage that fits in ~12 s is noticed at once.
+so each stage (train, evaluate, tables) is one wave of jobs. The plugin's squeue polls back off after a change
+(I, 2I+10, 3I+30 s with I = 4 s here, local_cluster.sh's default): a wave takes ~14 s on two quiet cores (a
+job under sbatch runs Snakemake twice more, ~9 s of it) and is seen by the 18 s poll; the whole test takes
+~75 s, half of it the local reference run and polling.
 
 Skipped, with the reason, where SLURM cannot start here (packages not installed, not root, the executor plugin
 missing). `.ci/run` installs the packages first: `apt-get install -y slurmctld slurmd slurm-client munge`."""

@@ -19,6 +19,9 @@ CPUS="${DGMBENCH_SLURM_CPUS:-2}"
 NODE="$(hostname -s)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 SMOKE_TIMEOUT="${DGMBENCH_SLURM_TIMEOUT:-900}"
+# Seconds before the first squeue poll after a change; the plugin then backs off (I, 2I+10, 3I+30, ... s after
+# it), so I should cover a typical job: a stage of jobs that takes up to 2I+10 s is seen by the second poll.
+POLL="${DGMBENCH_SLURM_POLL_SECONDS:-4}"
 
 die() { echo "local_cluster: $*" >&2; exit 1; }
 
@@ -116,7 +119,7 @@ run_smoke() {
     PATH="$(dirname "$PYTHON"):$PATH" timeout -s KILL "$SMOKE_TIMEOUT" \
         "$PYTHON" -m snakemake -s "$REPO/Snakefile" -d "$dir" --profile "$REPO/workflow/profiles/slurm" \
         --configfile "$grid" --jobs 4 --latency-wait 5 --retries 0 \
-        --slurm-status-command squeue --slurm-init-seconds-before-status-checks 1 --slurm-no-account \
+        --slurm-status-command squeue --slurm-init-seconds-before-status-checks "$POLL" --slurm-no-account \
         --slurm-keep-successful-logs --slurm-logdir "$dir/results/logs/slurm" \
         --default-resources runtime=30 mem_mb=1000 cpus_per_task=1 "slurm_partition=''"
 }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dgmbench.metrics.stability import (
@@ -181,6 +183,22 @@ def test_tables_and_figures_from_hand_made_runs(tmp_path):
     assert md.count("| agrees ") == 4 and "2 differ" in md
     stab = (tmp_path / "tables" / "stability.md").read_text()
     assert "×0.3: 1.9" in stab and "×1: 1.85" in stab  # the lr sweep found the variants and the base runs
+
+
+def test_sample_grids_side_by_side_in_row_order(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from dgmbench.tables import TABLES
+
+    runs = idf_runs()[:1] + arm_runs()[:1] + [run("arm", 0, variant="arm-lr3x")]
+    for i, r in enumerate(runs):
+        r["_dir"] = str(tmp_path / f"run{i}")
+        Path(r["_dir"]).mkdir()
+        plt.imsave(Path(r["_dir"]) / "samples.png", np.full((10, 10), i / 3.0), cmap="gray")
+    names = {p.name for p in TABLES.get("samples")(runs, tmp_path)}
+    assert names == {"samples_digits_arm.png", "samples_digits_idf.png", "samples_digits_arm-lr3x.png", "samples_digits.png"}
+    img = plt.imread(tmp_path / "figures" / "samples_digits.png")
+    assert img.shape[1] == round(2 * 2.2 * 120)  # two 2.2-inch panels at 120 dpi: the variant is not one
 
 
 @pytest.mark.parametrize("path", ["config/lr_sweep.yaml", "config/beta_sweep.yaml"])

@@ -1,4 +1,4 @@
-"""Figures in ``results/figures/``: sample grids per (dataset, model)."""
+"""Figures in ``results/figures/``: sample grids per (dataset, model), and all of a dataset's grids side by side."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import shutil
 from pathlib import Path
 
 from . import group_runs, register_table
+from .matrix import base_groups  # the matrix's row order, base models only (no sweep variants)
 
 
 @register_table("samples")
 def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
-    """``samples_{dataset}_{model}.png``: the grid of the lowest seed that sampled."""
+    """``samples_{dataset}_{model}.png``: the grid of the lowest seed that sampled; ``samples_{dataset}.png``: every
+    base model's grid side by side in the matrix's row order, titled with the model and its test NLL (bits/dim)
+    where it has one."""
     fdir = Path(out_dir) / "figures"
     fdir.mkdir(parents=True, exist_ok=True)
     written = []
+    panels: dict[str, list[tuple[str, str, Path]]] = {}  # dataset → (model, title, grid)
     for (dataset, model), group in group_runs(runs).items():
         for r in group:
             src = Path(r["_dir"]) / "samples.png"
@@ -21,5 +25,27 @@ def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
                 dst = fdir / f"samples_{dataset}_{model}.png"
                 shutil.copyfile(src, dst)
                 written.append(dst)
+                nll = r.get("likelihood", {}).get("nll_bpd")
+                label = model + (f"\n{nll:.3f} bits/dim" if nll is not None else "")
+                panels.setdefault(dataset, []).append((model, label, dst))
                 break
+    order = {key: i for i, key in enumerate(base_groups(runs))}
+    for dataset, items in panels.items():
+        items = sorted((it for it in items if (dataset, it[0]) in order), key=lambda it: order[(dataset, it[0])])
+        if items:
+            written.append(side_by_side([(label, png) for _, label, png in items], fdir / f"samples_{dataset}.png",
+                                        f"samples ({dataset})"))
     return written
+
+
+def side_by_side(items: list[tuple[str, Path]], path: Path, title: str) -> Path:
+    """One row of images with their titles."""
+    from .plots import _save, plt  # the Agg backend and the one save routine of the figures
+
+    fig, axes = plt.subplots(1, len(items), figsize=(2.2 * len(items), 2.6), squeeze=False)
+    for ax, (label, png) in zip(axes[0], items):
+        ax.imshow(plt.imread(png), cmap="gray")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

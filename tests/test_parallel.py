@@ -20,25 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_EVAL, TINY_TRAIN
+
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 2
+EPOCHS = TINY_TRAIN["max_epochs"]
 SEEDS = 8  # jobs in flight at once with --cores 8 (threads: 1 per job)
 EXPECTED_ARTIFACTS = {"metrics.json", "curve.csv", "config.yaml", "samples.png"}
-
-# The smallest training and evaluation that still run every evaluator (each writes its metrics.json section).
-# tests/test_slurm.py uses the same settings.
-TINY_TRAIN = {"max_epochs": EPOCHS, "num_train": 48, "num_val": 32, "batch_size": 16, "patience": 0}
-TINY_EVAL = {
-    "likelihood": {"iwae_k": 2, "iwae_repeats": 1},
-    "normalisation": {"spaces": [[1, 2, 2, 3]], "bound_repeats": 1, "iwae_k": 2},
-    "sampling": {"batch_sizes": [1, 4], "repeats": 1, "measure_seconds": 0.01, "max_call_seconds": 0.5,
-                 "probe_sizes": [8], "probe_batch_sizes": [1], "probe_seconds": 0.01, "identity_check_samples": 2},
-    "compression": {"max_images": 8, "verify_images": 2},
-    "lossy": {"jpeg_qualities": [50]},
-    "sample_quality": {"num_samples": 32, "classifier_steps": 10, "classifier_width": 4, "feature_dim": 8},
-    "probe": {"c_grid": [1.0], "labels_per_class": 2, "cv_folds": 2, "num_train": 64, "max_iter": 20},
-    "ood": {"max_images": 32, "num_entropy": 32},
-}
 
 
 def grid(tmp: Path, seeds: int, tracking_uri: str | None) -> Path:

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from dgmbench.evaluate import without_timing
-from test_parallel import TINY_EVAL, TINY_TRAIN
+from conftest import TINY_EVAL, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow" / "slurm" / "local_cluster.sh"

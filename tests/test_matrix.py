@@ -196,9 +196,23 @@ def test_sample_grids_side_by_side_in_row_order(tmp_path):
         Path(r["_dir"]).mkdir()
         plt.imsave(Path(r["_dir"]) / "samples.png", np.full((10, 10), i / 3.0), cmap="gray")
     names = {p.name for p in TABLES.get("samples")(runs, tmp_path)}
-    assert names == {"samples_digits_arm.png", "samples_digits_idf.png", "samples_digits_arm-lr3x.png", "samples_digits.png"}
+    assert names == {"samples_digits_arm.png", "samples_digits_idf.png", "samples_digits.png"}  # no sweep variant
     img = plt.imread(tmp_path / "figures" / "samples_digits.png")
     assert img.shape[1] == round(2 * 2.2 * 120)  # two 2.2-inch panels at 120 dpi: the variant is not one
+
+
+def test_rate_distortion_curve_takes_beta_variants_not_lr_variants():
+    from dgmbench.tables.matrix import rate_distortion_groups
+
+    def lossy(model, variant=None, lr=1e-3, beta=1.0):
+        r = vae_runs()[0]
+        r["run"].update(model=variant or model, variant=variant)
+        r["training"]["lr"] = lr
+        r["lossy"] = {**r["lossy"], "beta": beta}
+        return r
+
+    runs = [lossy("vae"), lossy("vae", "vae-beta4", beta=4.0), lossy("vae", "vae-lr3x", lr=3e-3), arm_runs()[0]]
+    assert set(rate_distortion_groups(runs)) == {("digits", "vae"), ("digits", "vae-beta4")}
 
 
 @pytest.mark.parametrize("path", ["config/lr_sweep.yaml", "config/beta_sweep.yaml"])

@@ -5,20 +5,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import group_runs, register_table
+from . import register_table
 from .matrix import base_groups  # the matrix's row order, base models only (no sweep variants)
 
 
 @register_table("samples")
 def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
-    """``samples_{dataset}_{model}.png``: the grid of the lowest seed that sampled; ``samples_{dataset}.png``: every
-    base model's grid side by side in the matrix's row order, titled with the model and its test NLL (bits/dim)
-    where it has one."""
+    """``samples_{dataset}_{model}.png`` for each base model: the grid of the lowest seed that sampled;
+    ``samples_{dataset}.png``: those grids side by side in the matrix's row order, titled with the model and its
+    test NLL (bits/dim) where it has one."""
     fdir = Path(out_dir) / "figures"
     fdir.mkdir(parents=True, exist_ok=True)
     written = []
-    panels: dict[str, list[tuple[str, str, Path]]] = {}  # dataset → (model, title, grid)
-    for (dataset, model), group in group_runs(runs).items():
+    panels: dict[str, list[tuple[str, Path]]] = {}  # dataset → (title, grid)
+    for (dataset, model), group in base_groups(runs).items():  # sweep variants' grids stay in their runs and MLflow
         for r in group:
             src = Path(r["_dir"]) / "samples.png"
             if src.exists():
@@ -26,15 +26,10 @@ def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
                 shutil.copyfile(src, dst)
                 written.append(dst)
                 nll = r.get("likelihood", {}).get("nll_bpd")
-                label = model + (f"\n{nll:.3f} bits/dim" if nll is not None else "")
-                panels.setdefault(dataset, []).append((model, label, dst))
+                panels.setdefault(dataset, []).append((model + (f"\n{nll:.3f} bits/dim" if nll is not None else ""), dst))
                 break
-    order = {key: i for i, key in enumerate(base_groups(runs))}
-    for dataset, items in panels.items():
-        items = sorted((it for it in items if (dataset, it[0]) in order), key=lambda it: order[(dataset, it[0])])
-        if items:
-            written.append(side_by_side([(label, png) for _, label, png in items], fdir / f"samples_{dataset}.png",
-                                        f"samples ({dataset})"))
+    for dataset, items in panels.items():  # base_groups is in the matrix's row order
+        written.append(side_by_side(items, fdir / f"samples_{dataset}.png", f"samples ({dataset})"))
     return written
 
 

@@ -214,6 +214,20 @@ def base_groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(rank)), kv[0][1])))
 
 
+def rate_distortion_groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(dataset, model) → runs with a lossy section for the rate–distortion curve: base models and variants that
+    change the model (β, ...) but not the learning rate (the lr sweep's variants measure stability, not rate)."""
+    groups = {k: [r for r in g if "lossy" in r] for k, g in group_runs(runs).items()}
+    base_lr = {k: _mean(r.get("training", {}).get("lr") for r in g) for k, g in base_groups(runs).items()}
+
+    def same_lr(r: dict) -> bool:
+        base = base_lr.get((r["run"]["dataset"], r["run"].get("base_model", r["run"]["model"])), math.nan)
+        lr = r.get("training", {}).get("lr")
+        return math.isnan(base) or lr is None or math.isclose(lr, base, rel_tol=1e-6)
+
+    return {k: g for k, g in groups.items() if g and (not g[0]["run"].get("variant") or all(same_lr(r) for r in g))}
+
+
 def is_generative(group: list[dict]) -> bool:
     """A matrix row: the model samples or has a likelihood (self-supervised encoders do neither)."""
     r = group[0]
@@ -381,10 +395,8 @@ def compression_table(runs: list[dict], out_dir: Path) -> list[Path]:
 def rate_distortion_table(runs: list[dict], out_dir: Path) -> list[Path]:
     rows = []
     jpeg: dict[str, list[dict]] = {}
-    for (dataset, model), group in group_runs(runs).items():
+    for (dataset, model), group in rate_distortion_groups(runs).items():
         ls = _sections(group, "lossy")
-        if not ls:
-            continue
         jpeg.setdefault(dataset, ls[0].get("jpeg", []))
         mse = _mean(x["mse"] for x in ls)
         beta = ls[0].get("beta")

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..metrics.sampling import best_rate  # noqa: E402
-from . import group_runs, mean_sd, register_table  # noqa: E402
-from .matrix import base_groups  # noqa: E402
+from . import mean_sd, register_table  # noqa: E402
+from .matrix import base_groups, rate_distortion_groups  # noqa: E402
 
 
 def _fig_dir(out_dir: Path) -> Path:
@@ -114,10 +114,8 @@ def training_curves(runs: list[dict], out_dir: Path) -> list[Path]:
 def rate_distortion(runs: list[dict], out_dir: Path) -> list[Path]:
     written = []
     by_ds: dict[str, dict[str, list[dict]]] = {}
-    for (dataset, model), group in group_runs(runs).items():
-        ls = [r["lossy"] for r in group if "lossy" in r]
-        if ls:
-            by_ds.setdefault(dataset, {})[model] = ls
+    for (dataset, model), group in rate_distortion_groups(runs).items():
+        by_ds.setdefault(dataset, {})[model] = [r["lossy"] for r in group]
     for dataset, models in by_ds.items():
         fig, ax = plt.subplots(figsize=(5.5, 4))
         jpeg = next(iter(models.values()))[0].get("jpeg", [])

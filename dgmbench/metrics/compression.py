@@ -282,23 +282,23 @@ def evaluate_compression(ctx, cfg: CompressionConfig) -> dict:
                                      "of all test images"}
     lik = ctx.metrics.get("likelihood", {})
     out["model_nll_bpd"] = lik.get("nll_bpd")
-    if ctx.model.autoregressive or ctx.model.discrete_latent:
-        if ctx.model.autoregressive:
-            res = code_autoregressive(ctx.model, x, cfg.batch_size, cfg.verify_images)
-            coder = "ANS (constriction AnsCoder), categorical conditionals of the model"
-        else:
-            res = code_discrete_latent(ctx.model, x, cfg.batch_size, cfg.verify_images)
-            coder = "ANS (constriction AnsCoder) of z = f(x), group by group with the prior's tables; x = f⁻¹(z)"
-            # 0 would mean the learned bijection is the identity and the prior alone does the modelling
-            z = ctx.model.to_latent(x.to(ctx.device)).cpu()
-            out["latent_changed_fraction"] = float((z != x.long()).float().mean())
-        out.update(coded=True, coder=coder,
-                   coded_bpd=res["coded_bits"] / (N * D), ideal_bpd=res["ideal_bits"] / (N * D),
-                   round_trip_exact=res["round_trip_exact"], verified_images=res["verified_images"],
-                   coded_bits=res["coded_bits"])
+    if ctx.model.autoregressive:
+        res = code_autoregressive(ctx.model, x, cfg.batch_size, cfg.verify_images)
+        coder = "ANS (constriction AnsCoder), categorical conditionals of the model"
+    elif ctx.model.discrete_latent:
+        res = code_discrete_latent(ctx.model, x, cfg.batch_size, cfg.verify_images)
+        coder = "ANS (constriction AnsCoder) of z = f(x), group by group with the prior's tables; x = f⁻¹(z)"
+        # 0 would mean the learned bijection is the identity and the prior alone does the modelling
+        z = ctx.model.to_latent(x.to(ctx.device)).cpu()
+        out["latent_changed_fraction"] = float((z != x.long()).float().mean())
     else:
         short, full = no_coder_reason(ctx.model)
         out.update(coded=False, reason_short=short, reason=full)
+        return out
+    out.update(coded=True, coder=coder,
+               coded_bpd=res["coded_bits"] / (N * D), ideal_bpd=res["ideal_bits"] / (N * D),
+               round_trip_exact=res["round_trip_exact"], verified_images=res["verified_images"],
+               coded_bits=res["coded_bits"])
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import register_table
 from .matrix import base_groups  # the matrix's row order, base models only (no sweep variants)
+from .plots import _save, plt  # the Agg backend and the one save routine of the figures
 
 
 @register_table("samples")
@@ -35,8 +36,6 @@ def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
 
 def side_by_side(items: list[tuple[str, Path]], path: Path, title: str) -> Path:
     """One row of images with their titles."""
-    from .plots import _save, plt  # the Agg backend and the one save routine of the figures
-
     fig, axes = plt.subplots(1, len(items), figsize=(2.2 * len(items), 2.6), squeeze=False)
     for ax, (label, png) in zip(axes[0], items):
         ax.imshow(plt.imread(png), cmap="gray")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,43 @@ def test_evaluator_repeats_standard_error_and_gap(digits):
     assert out["stderr_nats"] == pytest.approx(1.0 / math.sqrt(3))  # sd of (97, 96, 95) is 1
     assert out["bound_nats"] == pytest.approx(100.0) and out["elbo_iwae_gap_nats"] == pytest.approx(4.0)
     assert out["nll_bpd"] == pytest.approx(96.0 / (digits.info.num_dims * math.log(2)))
+
+
+class _PixelSum(torch.nn.Module):
+    """An 'exact' stand-in whose log p(x) = −(sum of x's levels): each image's score tells which image it was."""
+
+    from dgmbench.models import Likelihood
+
+    likelihood = Likelihood.EXACT
+    estimator = "exact"
+    supports_iwae = False
+
+    def log_prob(self, x):
+        return -x.flatten(1).double().sum(1)
+
+
+def test_evaluator_max_images_scores_a_fixed_subset_of_distinct_test_images(digits):
+    """max_images = n scores n distinct test images, the same n on every call, and reports the mean over exactly
+    those; n ≥ the split size (or 0) scores the whole split."""
+    from dgmbench.metrics.likelihood import fixed_rng, subsample
+    from dgmbench.tables.likelihood import test_images
+
+    ctx = SimpleNamespace(model=_PixelSum(), dataset=digits, device=torch.device("cpu"))
+    x = digits.test.x
+    whole = evaluate_likelihood(ctx, LikelihoodConfig(batch_size=64))
+    assert whole["num_test"] == whole["num_test_split"] == len(x)
+    assert whole["nll_nats"] == pytest.approx(float(x.flatten(1).double().sum(1).mean()))
+    assert evaluate_likelihood(ctx, LikelihoodConfig(max_images=len(x) + 5))["nll_nats"] == whole["nll_nats"]
+
+    part = evaluate_likelihood(ctx, LikelihoodConfig(batch_size=64, max_images=100))
+    assert part["num_test"] == 100 and part["num_test_split"] == len(x)
+    assert evaluate_likelihood(ctx, LikelihoodConfig(batch_size=7, max_images=100))["nll_nats"] == part["nll_nats"]
+    chosen = subsample(x, 100, fixed_rng(0, "likelihood-test"))
+    assert part["nll_nats"] == pytest.approx(float(chosen.flatten(1).double().sum(1).mean()))
+    # the subset is 100 distinct rows of the split (indices drawn without replacement)
+    idx = np.sort(fixed_rng(0, "likelihood-test").choice(len(x), size=100, replace=False))
+    assert len(set(idx.tolist())) == 100 and torch.equal(chosen, x[torch.from_numpy(idx)])
+    assert part["nll_nats"] != pytest.approx(whole["nll_nats"], rel=1e-6)  # a subset mean, not the whole split's
+    assert test_images(part) == f"100 of {len(x)}" and test_images(whole) == str(len(x))
+    with pytest.raises(ValueError, match="max_images"):
+        LikelihoodConfig(max_images=-1).validate()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,7 +39,7 @@ from ..data import DatasetUnavailable, dataset_info, list_datasets, load_dataset
 from ..distributions import nats_to_bits_per_dim
 from ..models.base import Likelihood
 from . import register_evaluator
-from .likelihood import batched
+from .likelihood import batched, fixed_rng, subsample
 
 TRANSFORMS = ("noise", "constant", "hflip")
 SCORES = ("likelihood", "typicality", "complexity")
@@ -159,18 +158,6 @@ def make_transform(name: str, x: torch.Tensor, num_levels: int, rng: np.random.G
     else:
         raise ValueError(f"unknown transform {name!r}; valid transforms: {', '.join(TRANSFORMS)}")
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.dtype)
-
-
-def subsample(x: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
-    """At most ``n`` rows of ``x``, a uniform random subset without replacement (all of them if len ≤ n)."""
-    if len(x) <= n:
-        return x
-    return x[torch.from_numpy(np.sort(rng.choice(len(x), size=n, replace=False)))]
-
-
-def fixed_rng(seed: int, purpose: str) -> np.random.Generator:
-    """A generator for one purpose ("in", "noise", "mnist5k", ...), independent of which other sets exist."""
-    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
 def same_shape_datasets(name: str) -> list[str]:

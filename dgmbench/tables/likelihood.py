@@ -16,6 +16,12 @@ REFERENCES = {
 }
 
 
+def test_images(lik: dict) -> str:
+    """"447" when the whole test split was scored, "1000 of 10000" for a fixed subset (eval.likelihood.max_images)."""
+    n, split = lik.get("num_test"), lik.get("num_test_split", lik.get("num_test"))
+    return "—" if n is None else str(n) if n == split else f"{n} of {split}"
+
+
 @register_table("likelihood")
 def likelihood_table(runs: list[dict], out_dir: Path) -> list[Path]:
     rows = []
@@ -38,6 +44,7 @@ def likelihood_table(runs: list[dict], out_dir: Path) -> list[Path]:
             "estimator s.e. (nats)": fmt_mean_sd([x.get("stderr_nats", 0.0) for x in okl], 3),
             "bound (nats/image)": fmt_mean_sd([x["bound_nats"] for x in okl]) if "bound_nats" in okl[0] else "—" if okl else "—",
             "seeds ok": f"{len(ok)}/{len(group)}",
+            "test images": test_images(lik[0]),
             "reference (nats/image)": f"{ref[0]} ({ref[1]})" if ref else "—",
         }
         rows.append(row)
@@ -45,6 +52,8 @@ def likelihood_table(runs: list[dict], out_dir: Path) -> list[Path]:
         "Every NLL is on the data's own discrete levels (17 for digits, 256 for 8-bit images), on the test split; "
         "bits/dim = nats / (D ln 2). Exact families give −log p(x); bound families give −(lower bound) ≥ −log p(x).",
         "mean ± sd over seeds (sample sd); diverged runs are excluded from the mean and counted in 'seeds ok'.",
+        "test images: how many test images were scored; 'n of N' is a fixed random subset, the same for every "
+        "model and seed of the dataset (eval.likelihood.max_images).",
         "estimator s.e.: standard error of the IWAE estimate over independent repeats (0 for exact and deterministic values).",
     ]
     return write_table(pd.DataFrame(rows), out_dir, "likelihood", notes=notes, tex=True)

@@ -11,7 +11,7 @@ CORES  ?= 2
 # The torch/torchvision pair that imports together on this machine kind (other pairs fail or download GBs).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-all bench smoke tables report ui full-data clean-results
+.PHONY: setup test test-all bench full smoke tables report ui full-data clean-results
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ bench: setup
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going; rc=$$?; \
 	echo "make bench: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The 28×28 grid (config/full.yaml: every family × fashion-mnist, mnist5k, animal-mnist × 2 seeds), datasets
+# installed first. Runs in results/full/runs, tables and figures in results/full/. Wall time in the README.
+full: full-data
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going --configfile config/full.yaml; rc=$$?; \
+	echo "make full: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 smoke: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml \

@@ -12,6 +12,7 @@ import copy
 import csv
 import logging
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -176,7 +177,11 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
             best_state = copy.deepcopy(model.state_dict())
         else:
             state["bad_epochs"] += 1
-        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_nats") if k in row})
+        postfix = {k: f"{row[k]:.3f}" for k in ("train_loss", "val_nats") if k in row}
+        bar.set_postfix(postfix)
+        if bar.disable:  # no terminal (a Snakemake or SLURM log): one line per epoch instead of the bar
+            print(f"{run.run_name}: epoch {epoch + 1}/{tc.max_epochs}", *(f"{k} {v}" for k, v in postfix.items()),
+                  f"({state['seconds']:.0f} s)", file=sys.stderr, flush=True)
         if tc.patience and state["bad_epochs"] >= tc.patience:
             state["stopped_early"] = True
             break

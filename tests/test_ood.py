@@ -274,3 +274,6 @@ def test_ood_table(tmp_path):
     assert row["AUROC"] == f"0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}"  # the diverged seed is left out
     assert row["seeds"] == "2/3"
     assert "mnist: not measured" in paths[1].read_text()
+    wide = pd.read_csv(paths[2])  # ood_auroc: the same AUROCs, one column per score
+    assert len(wide) == 1 and list(wide.columns[3:5]) == ["AUROC likelihood", "AUROC typicality"]
+    assert wide["AUROC likelihood"].iloc[0] == row["AUROC"] and wide["seeds"].iloc[0] == "2/3"

@@ -4,6 +4,9 @@ One row per model × (train dataset → OOD set) × score (likelihood, typicalit
 FPR at 95% TPR as mean ± sd over the seeds that trained without diverging, and the mean NLL (bits/dim) of the
 in-distribution test images and of the OOD set beside them, so an AUROC below 0.5 can be read off as "the model
 gives the OOD set a higher likelihood".
+
+``ood_auroc.{csv,md}`` is the same AUROCs side by side, one row per model × (train dataset → OOD set) and one
+column per score, to read at a glance which score repairs which failure of the plain likelihood.
 """
 
 from __future__ import annotations
@@ -65,4 +68,18 @@ def ood_table(runs: list[dict], out_dir: Path) -> list[Path]:
     df = pd.DataFrame(rows)
     if len(df):
         df = df.sort_values(["train → OOD", "model", "score"], kind="stable").reset_index(drop=True)
-    return write_table(df, out_dir, "ood", notes=notes)
+    return write_table(df, out_dir, "ood", notes=notes) + auroc_summary(df, out_dir, notes)
+
+
+def auroc_summary(df: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[Path]:
+    """``ood_auroc``: one row per (train → OOD, model), the AUROC of each score in its own column."""
+    keys = ["train → OOD", "model", "estimator", "NLL bits/dim (in / OOD)", "seeds"]
+    if len(df):
+        wide = df.pivot(index=keys, columns="score", values="AUROC")
+        wide = wide[[s for s in SCORE_NOTES if s in wide.columns]]
+        wide.columns = [f"AUROC {s}" for s in wide.columns]
+        wide = wide.reset_index()[["train → OOD", "model", "estimator", *wide.columns, "NLL bits/dim (in / OOD)", "seeds"]]
+    else:
+        wide = df
+    intro = ["AUROC (mean ± sd over seeds) of each score; FPR@95%TPR and the per-score rows are in ood.md."]
+    return write_table(wide, out_dir, "ood_auroc", notes=intro + notes[:2] + notes[3:])

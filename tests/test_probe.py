@@ -6,6 +6,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from dgmbench.metrics.probe import ProbeConfig, evaluate_probe, label_subset, probe_features
@@ -87,6 +88,29 @@ def test_evaluator_skips_models_without_representation_and_random_init_of_closed
     pca.train_step(digits.train.x, [], None)
     out = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0]))
     assert "random_init" not in out and out["protocol"]["random_init_seed"] is None
+
+
+def test_evaluator_num_eval_probes_on_the_first_val_and_test_images(digits):
+    """num_eval = n scores the first n validation and test images: the raw-pixel k-NN accuracy then equals one
+    computed by hand on exactly those images (train features standardised as the probe does)."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from dgmbench.models import get_model
+
+    pca = get_model("pca", digits.info, num_components=8)
+    pca.train_step(digits.train.x, [], None)
+    out = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0], num_train=300, num_eval=50))
+    assert (out["protocol"]["num_train"], out["protocol"]["num_val"], out["protocol"]["num_test"]) == (300, 50, 50)
+    f_train, f_test = (sp.x[:n].double().flatten(1).numpy() for sp, n in ((digits.train, 300), (digits.test, 50)))
+    scaler = StandardScaler().fit(f_train)
+    knn = KNeighborsClassifier(n_neighbors=5).fit(scaler.transform(f_train), digits.train.y[:300].numpy())
+    expected = float((knn.predict(scaler.transform(f_test)) == digits.test.y[:50].numpy()).mean())
+    assert out["raw_pixels"]["knn_acc"] == pytest.approx(expected)
+    whole = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0], num_train=300))
+    assert whole["protocol"]["num_test"] == len(digits.test.x)
+    with pytest.raises(ValueError, match="num_eval"):
+        ProbeConfig(num_eval=-1).validate()
 
 
 def test_probe_table(tmp_path):

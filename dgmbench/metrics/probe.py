@@ -42,6 +42,7 @@ class ProbeConfig:
     subset_seed: int = 0  # seed of the fixed low-label subset
     cv_folds: int = 5  # folds choosing C in the low-label regime
     num_train: int = 10000  # training images used at most (the first ones); 0 = all
+    num_eval: int = 0  # validation and test images used at most (the first ones of each); 0 = all
     max_iter: int = 1000  # lbfgs iterations per fit
     random_init_seed: int = 10000  # the untrained baseline is built under seed random_init_seed + run seed
     batch_size: int = 512  # images per embed() call
@@ -51,8 +52,8 @@ class ProbeConfig:
             raise ValueError("c_grid must hold positive values")
         if min(self.k, self.labels_per_class, self.max_iter, self.batch_size) < 1 or self.cv_folds < 2:
             raise ValueError("k, labels_per_class, max_iter, batch_size must be ≥ 1 and cv_folds ≥ 2")
-        if self.num_train < 0:
-            raise ValueError(f"num_train must be ≥ 0, got {self.num_train}")
+        if self.num_train < 0 or self.num_eval < 0:
+            raise ValueError(f"num_train and num_eval must be ≥ 0 (0 = all), got {self.num_train}, {self.num_eval}")
 
 
 # --------------------------------------------------------------------------------------------- pieces
@@ -159,9 +160,9 @@ def evaluate_probe(ctx, cfg: ProbeConfig) -> dict | None:
 
     ds = ctx.dataset
     splits = {"train": ds.train, "val": ds.val, "test": ds.test}
-    n_train = cfg.num_train or len(ds.train)
-    xs = {s: (sp.x[:n_train] if s == "train" else sp.x) for s, sp in splits.items()}
-    labels = {s: (sp.y[:n_train] if s == "train" else sp.y).numpy() for s, sp in splits.items()}
+    first = {s: (cfg.num_train if s == "train" else cfg.num_eval) or len(sp.x) for s, sp in splits.items()}
+    xs = {s: sp.x[: first[s]] for s, sp in splits.items()}
+    labels = {s: sp.y[: first[s]].numpy() for s, sp in splits.items()}
 
     def run_probe(embed) -> dict:
         feats = {s: extract_features(embed, x, cfg.batch_size, ctx.device) for s, x in xs.items()}
@@ -186,6 +187,7 @@ def evaluate_probe(ctx, cfg: ProbeConfig) -> dict | None:
         "subset_seed": cfg.subset_seed,
         "num_train": len(xs["train"]),
         "num_low_label": len(label_subset(labels["train"], cfg.labels_per_class, cfg.subset_seed)),
+        "num_val": len(xs["val"]),
         "num_test": len(xs["test"]),
         "random_init_seed": None if model.closed_form else cfg.random_init_seed + ctx.run.seed,
     }

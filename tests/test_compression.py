@@ -159,6 +159,26 @@ def test_baselines_respect_the_entropy_and_exploit_redundancy():
         assert bpd < 0.2, (name, bpd)
 
 
+def test_cached_baselines_equal_fresh_ones_and_are_keyed_by_the_images(tmp_path, monkeypatch):
+    from dgmbench.metrics import compression
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 17, (50, 1, 8, 8), generator=g), torch.randint(0, 17, (50, 1, 8, 8), generator=g)
+    fresh = baseline_sizes(a)
+    assert compression.cached_baseline_sizes(a, str(tmp_path)) == fresh
+    assert len(list((tmp_path / "compression").glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(compression, "baseline_sizes", lambda x: calls.append(x) or fresh)
+    assert compression.cached_baseline_sizes(a, str(tmp_path)) == fresh and not calls  # read from the cache
+    compression.cached_baseline_sizes(b, str(tmp_path))  # other images: computed, not read
+    compression.cached_baseline_sizes(a.reshape(50, 1, 4, 16), str(tmp_path))  # same bytes, other shape
+    assert len(calls) == 2
+    for entry in (tmp_path / "compression").glob("*.json"):
+        entry.write_text("{not json")  # damaged entries are recomputed and replaced
+    assert compression.cached_baseline_sizes(a, str(tmp_path)) == fresh and len(calls) == 3
+    assert compression.cached_baseline_sizes(a, str(tmp_path)) == fresh and len(calls) == 3
+
+
 def test_jpeg_trades_rate_for_distortion():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(64, 1, 8, 8, generator=g) * 4).long().cumsum(-1).clamp(max=16)  # ramps: smooth-ish images

@@ -68,7 +68,12 @@ def cmd_evaluate(args) -> int:
 
     for name in args.only or []:
         EVALUATORS.get(name)  # an unknown name stops here, listing the valid ones
-    metrics = evaluate(Path(args.run), only=args.only)
+    eval_config = None
+    if args.config:
+        from .config import eval_settings, load_grid
+
+        eval_config = eval_settings(load_grid(args.config))
+    metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config)
     lik = metrics.get("likelihood", {})
     summary = f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim" if "nll_nats" in lik else "no likelihood"
     print(f"{metrics['run']['model']}-{metrics['run']['dataset']}-seed{metrics['run']['seed']}: {summary}; "
@@ -124,6 +129,7 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json")
     e.add_argument("--run", required=True, help="run directory written by `dgmbench train`")
     e.add_argument("--only", nargs="*", help="evaluate only these sections")
+    e.add_argument("--config", help="grid config file whose eval: settings replace those saved at training time")
     e.set_defaults(fn=cmd_evaluate)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")

@@ -329,6 +329,18 @@ def apply_sets(run: dict, sets: list[str]) -> dict:
     return run
 
 
+def eval_settings(grid: dict) -> dict:
+    """Every evaluator's Config from a (validated) grid: its defaults updated with the grid's ``eval.<name>``."""
+    from .metrics import EVALUATORS
+
+    return {
+        name: build_dataclass(EVALUATORS.get(name).Config,
+                              {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})},
+                              where=f"eval.{name}")
+        for name in EVALUATORS.names()
+    }
+
+
 def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[str] | None = None) -> RunConfig:
     """Resolve one run from a validated grid: family defaults < train.all < train.<model> < --set."""
     from .data import DATASETS

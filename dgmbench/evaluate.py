@@ -7,6 +7,7 @@ training record) and ``timing`` (wall-clock seconds; the only part that differs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -51,9 +52,14 @@ def load_trained(run_dir: Path):
     return run, dataset, model, device, ckpt["record"]
 
 
-def evaluate(run_dir: Path, *, only: list[str] | None = None) -> dict:
+def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict | None = None) -> dict:
+    """Evaluate ``run_dir``'s checkpoint. ``eval_config`` (evaluator name → Config, e.g. from a grid file) replaces
+    the evaluation settings saved at training time, so a grid's current ``eval:`` section applies to runs trained
+    before it changed; without it the checkpoint's settings are used."""
     run_dir = Path(run_dir)
     run, dataset, model, device, record = load_trained(run_dir)
+    if eval_config is not None:
+        run = dataclasses.replace(run, eval=dict(eval_config))
     metrics: dict = {
         "run": {
             "dataset": run.dataset,
@@ -71,6 +77,7 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None) -> dict:
             "max_epochs": run.train.max_epochs,
             "num_params": sum(p.numel() for p in model.parameters()),
             "git_commit": git_commit(),
+            "eval_settings": {name: dataclasses.asdict(cfg) for name, cfg in sorted(run.eval.items())},
         },
         "timing": {"train_seconds": record["train_seconds"]},
     }

@@ -3,6 +3,7 @@ metrics files and the MLflow runs exist and agree with each other."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,3 +90,27 @@ def test_bad_config_stops_the_workflow(tmp_path):
     proc = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad), "--dry-run", timeout=120)
     assert proc.returncode != 0
     assert "learning_rate" in proc.stdout + proc.stderr
+
+
+def test_evaluate_config_replaces_the_eval_settings_saved_at_training(isolated_cwd):
+    """A grid's eval: section changed after training applies to `dgmbench evaluate --config` (what the evaluate
+    rule passes), while a plain `evaluate` keeps the checkpoint's settings."""
+    from dgmbench.cli import main
+    from dgmbench.metrics.ood import OODConfig
+
+    old, new = isolated_cwd / "old.yaml", isolated_cwd / "new.yaml"
+    old.write_text("eval:\n  likelihood: {iwae_k: 3, iwae_repeats: 2, max_images: 60}\n")
+    new.write_text("eval:\n  likelihood: {iwae_k: 4, iwae_repeats: 2, max_images: 25}\n")
+    run = isolated_cwd / "results" / "runs" / "vae"
+    assert main(["train", "--config", str(old), "--dataset", "digits", "--model", "vae", "--seed", "0",
+                 "--set", "train.max_epochs=1", "--set", "train.num_train=64", "--out", str(run)]) == 0
+
+    assert main(["evaluate", "--run", str(run), "--only", "likelihood"]) == 0
+    lik = json.loads((run / "metrics.json").read_text())
+    assert (lik["likelihood"]["num_test"], lik["likelihood"]["estimator"]) == (60, "IWAE-3")
+
+    assert main(["evaluate", "--config", str(new), "--run", str(run), "--only", "likelihood"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["likelihood"]["num_test"], metrics["likelihood"]["estimator"]) == (25, "IWAE-4")
+    assert metrics["run"]["eval_settings"]["likelihood"]["max_images"] == 25
+    assert metrics["run"]["eval_settings"]["ood"] == dataclasses.asdict(OODConfig())  # defaults for the rest

@@ -82,4 +82,4 @@ def auroc_summary(df: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[Pat
     else:
         wide = df
     intro = ["AUROC (mean ± sd over seeds) of each score; FPR@95%TPR and the per-score rows are in ood.md."]
-    return write_table(wide, out_dir, "ood_auroc", notes=intro + notes[:2] + notes[3:])
+    return write_table(wide, out_dir, "ood_auroc", notes=intro + notes)

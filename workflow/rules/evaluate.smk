@@ -7,10 +7,11 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{model}}/seed{{seed}}.log",
     params:
+        grid=GRID_FILE,
         run=RUN_DIR,
         settings=eval_settings_hash,
     threads: GRID.get("threads", 1)
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --run {params.run} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config {params.grid} --run {params.run} > {log} 2>&1"

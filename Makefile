@@ -44,7 +44,7 @@ bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going; rc=$$?; \
 	echo "make bench: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
 
-# The 28×28 grid (config/full.yaml: every family × fashion-mnist, mnist5k, animal-mnist × 2 seeds), datasets
+# The 28×28 grid (config/full.yaml: every family but idf × fashion-mnist, mnist5k, animal-mnist, seed 0), datasets
 # installed first. Runs in results/full/runs, tables and figures in results/full/. Wall time in the README.
 full: full-data
 	@start=$$(date +%s); \

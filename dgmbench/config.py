@@ -329,22 +329,25 @@ def apply_sets(run: dict, sets: list[str]) -> dict:
     return run
 
 
-def eval_settings(grid: dict) -> dict:
-    """Every evaluator's Config from a (validated) grid: its defaults updated with the grid's ``eval.<name>``."""
+def eval_dicts(grid: dict) -> dict[str, dict]:
+    """Every evaluator's settings as a dict: its Config's defaults updated with the grid's ``eval.<name>``."""
     from .metrics import EVALUATORS
 
-    return {
-        name: build_dataclass(EVALUATORS.get(name).Config,
-                              {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})},
-                              where=f"eval.{name}")
-        for name in EVALUATORS.names()
-    }
+    return {name: {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})}
+            for name in EVALUATORS.names()}
+
+
+def eval_settings(grid: dict) -> dict:
+    """Every evaluator's Config from a (validated) grid (:func:`eval_dicts`, checked and typed)."""
+    from .metrics import EVALUATORS
+
+    return {name: build_dataclass(EVALUATORS.get(name).Config, vals, where=f"eval.{name}")
+            for name, vals in eval_dicts(grid).items()}
 
 
 def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[str] | None = None) -> RunConfig:
     """Resolve one run from a validated grid: family defaults < train.all < train.<model> < --set."""
     from .data import DATASETS
-    from .metrics import EVALUATORS
     from .models import MODELS
 
     DATASETS.get(dataset)
@@ -359,10 +362,7 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
         **(variant or {}).get("train", {}),
     }
     hparams = {**dataclasses.asdict(cls.Config()), **grid["hparams"].get(base, {}), **(variant or {}).get("hparams", {})}
-    evals = {
-        name: {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})}
-        for name in EVALUATORS.names()
-    }
+    evals = eval_dicts(grid)
     run = {
         "dataset": dataset,
         "model": base,

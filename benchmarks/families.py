@@ -20,20 +20,20 @@ import time
 from pathlib import Path
 
 LIKELIHOOD_FAMILIES = ["arm", "idf", "flow", "vae", "hvae", "diffusion"]
-
-
-def best_speed(sampling: dict) -> float | None:
-    rates = [v for k, v in sampling.items() if k.startswith("batch") and k.endswith("_samples_per_s") and v]
-    return max(rates) if rates else None
+GRID = Path(__file__).resolve().parents[1] / "config" / "config.yaml"  # its eval: settings, as the pipeline uses
 
 
 def row(m: dict, wall: float | None) -> str:
-    lik = m.get("likelihood", {})
-    nll = f"{lik['nll_nats']:8.2f} {lik['nll_bpd']:7.3f}  {lik['estimator']:<22}" if "nll_nats" in lik else f"{'—':>8} {'—':>7}  {'none':<22}"
-    speed = best_speed(m.get("sampling", {}))
-    r = m["run"]
-    wall_s = f"{wall:7.1f}" if wall is not None else f"{m['timing']['train_seconds']:7.1f}"
-    return (f"{r['model']:<10} {r['seed']:>4}  {nll} {r['epochs_run']:>6} {wall_s} "
+    """One line of a metrics.json, read through its typed results."""
+    from dgmbench.results import RunRecord
+
+    rec = RunRecord.from_dict(m)
+    lik, sampling = rec.get("likelihood"), rec.get("sampling")
+    nll = (f"{lik.nll_nats:8.2f} {lik.nll_bpd:7.3f}  {lik.estimator:<22}" if lik is not None and lik.nll_nats is not None
+           else f"{'—':>8} {'—':>7}  {'none':<22}")
+    speed = sampling.best()[1] if sampling is not None else None
+    wall_s = f"{wall:7.1f}" if wall is not None else f"{rec.timing['train_seconds']:7.1f}"
+    return (f"{rec.info.model:<10} {rec.info.seed:>4}  {nll} {rec.info.epochs_run:>6} {wall_s} "
             f"{(f'{speed:10.1f}' if speed else '         —')}")
 
 
@@ -62,7 +62,7 @@ def main() -> int:
                 out = Path(tmp) / model / f"seed{seed}"
                 t0 = time.perf_counter()
                 for cmd in (["train", "--dataset", args.dataset, "--model", model, "--seed", str(seed), "--out", str(out)],
-                            ["evaluate", "--run", str(out)]):
+                            ["evaluate", "--config", str(GRID), "--run", str(out)]):
                     subprocess.run([sys.executable, "-m", "dgmbench", *cmd], cwd=tmp, env=env, check=True,
                                    stdout=subprocess.DEVNULL)
                     if cmd[0] == "train":

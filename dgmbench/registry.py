@@ -67,7 +67,7 @@ class Registry(Generic[T]):
                 src = _package_of(obj) or BUILTIN
             if name in self._entries:
                 raise NameClashError(
-                    f"{self.kind} {name!r} from {src} clashes with {self.kind} {name!r} from "
+                    f"{self.kind} {name!r} from {src} clashes: {name!r} is already registered, from "
                     f"{self._sources[name]}; one of them must be renamed"
                 )
             self._entries[name] = obj

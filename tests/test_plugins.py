@@ -91,7 +91,7 @@ def test_broken_and_clashing_plugins_cost_one_line_each(tmp_path, made_site):
     broken = next(w for w in warnings if "'broken'" in w)
     assert "badplugins" in broken and "ModuleNotFoundError" in broken and "not_a_module_anywhere" in broken
     clash = next(w for w in warnings if "'arm'" in w)
-    assert "model 'arm' from badplugins clashes with model 'arm' from dgmbench" in clash
+    assert "model 'arm' from badplugins clashes: 'arm' is already registered, from dgmbench" in clash
 
 
 def test_registry_records_sources_and_refuses_clashes(tmp_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_registry_records_sources_and_refuses_clashes(tmp_path, monkeypatch):
     assert reg.source("spanner") == "widgets-extra" and reg.source("hammer") == "dgmbench"
     assert reg.get("hammer") == 0  # the clash did not replace the in-tree entry
     assert reg.plugin_errors == ["widget plugin 'b' (widgets-extra: widget_b) failed to load and is skipped: "
-                                 "NameClashError: widget 'hammer' from widgets-extra clashes with widget 'hammer' "
-                                 "from dgmbench; one of them must be renamed"]
+                                 "NameClashError: widget 'hammer' from widgets-extra clashes: 'hammer' is already "
+                                 "registered, from dgmbench; one of them must be renamed"]
     with pytest.raises(NameClashError, match="from dgmbench"):
         reg.register("spanner")(3)

@@ -17,13 +17,13 @@ capabilities_have_methods           every declared capability has its method (no
 log_prob_is_a_log_probability       (B,) finite, ≤ 0 on discrete data; float input refused; none ⇒ TypeError
 samples_have_shape_and_levels       (N, C, H, W) int64 in 0..L-1; can_sample = False ⇒ TypeError
 embedding_has_shape                 (B, F) finite features
-normalises_fresh / _trained         Σ_x p(x) = 1 (exact) or ≤ 1 (bound) over every image of a tiny space,
-                                    for a fresh model and after a few training steps
 autoregressive_is_causal            the logits of position d do not change when positions ≥ d change
 autoregressive_chain_rule           log p(x) = Σ_d log softmax(conditional_logits)_d[x_d] (what ANS codes)
 discrete_latent_is_a_bijection      to_latent is a permutation of the tiny space; from_latent inverts it;
                                     the latent groups partition the image and each group's pmf reads only
                                     earlier groups; Σ_groups log pmf = log p(x)
+normalises_fresh / _trained         Σ_x p(x) = 1 (exact) or ≤ 1 (bound) over every image of a tiny space,
+                                    for a fresh model and after a few training steps
 loss_goes_down                      a few steps on one fixed batch lower the training objective
 same_seed_same_result               same seed ⇒ same weights, likelihood, samples and training steps
 state_dict_round_trip               a model rebuilt from a state_dict computes the same numbers

@@ -119,12 +119,6 @@ def tiny_space(s: _Subject) -> tuple[DatasetInfo, GenerativeModel] | None:
     return None
 
 
-def positions(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    from .metrics.compression import positions as coding_order
-
-    return coding_order(shape)
-
-
 # ---------------------------------------------------------------------------------------------- checks
 def check_declarations(s: _Subject):
     cls = s.cls
@@ -253,6 +247,8 @@ def check_normalises_trained(s: _Subject):
 
 def check_causal(s: _Subject):
     """Redraw positions d..D-1 of a batch: the logits at d must not move (positions sampled if D > 256)."""
+    from .metrics.compression import positions  # the coding order, the contract's order
+
     model = _jittered(s.build())
     order = positions(s.info.shape)
     picked = range(len(order)) if len(order) <= 256 else torch.linspace(0, len(order) - 1, 64).long().tolist()
@@ -350,8 +346,9 @@ def check_same_seed(s: _Subject):
         if not torch.equal(va, vb):
             s.fail(name, f"two models built after the same torch seed differ in {k}")
     x = s.data[:8]
+    out_b = _outputs(b.eval(), x, 1)
     for key, va in _outputs(a.eval(), x, 1).items():
-        if not torch.equal(va, _outputs(b.eval(), x, 1)[key]):
+        if not torch.equal(va, out_b[key]):
             s.fail(name, f"{key} differs between two identical models under the same seed")
     if not s.cls.closed_form:
         torch.manual_seed(2)
@@ -366,9 +363,9 @@ def check_state_dict_round_trip(s: _Subject):
     a = s.build(seed=s.seed).eval()
     b = s.build(seed=s.seed + 1).eval()
     b.load_state_dict(a.state_dict())
+    out_b = _outputs(b, s.data[:8], 1)
     for key, va in _outputs(a, s.data[:8], 1).items():
-        vb = _outputs(b, s.data[:8], 1)[key]
-        if not torch.allclose(va.double(), vb.double()):
+        if not torch.allclose(va.double(), out_b[key].double()):
             s.fail("state_dict_round_trip", f"{key} differs after load_state_dict: state lives outside the state_dict")
 
 

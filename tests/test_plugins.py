@@ -118,7 +118,7 @@ def test_registry_records_sources_and_refuses_clashes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made_site, tmp_path):
+def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made_site, tmp_path, monkeypatch):
     """The default pipeline with the plugin added beside two in-tree families (`models=[arm, vae, made]`): MADE
     declares an exact likelihood and autoregressive conditionals, so it gets likelihood, matrix and speed rows and
     a real ANS bitstream that decodes bit for bit."""
@@ -137,11 +137,8 @@ def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made
     workdir = tmp_path / "work"
     workdir.mkdir()
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(made_site)] + ([old] if old else []))  # the jobs see the plugin
-    try:
-        proc = snakemake(workdir, "--cores", "2", "--configfile", str(config))
-    finally:
-        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(made_site)] + ([old] if old else [])))  # jobs see the plugin
+    proc = snakemake(workdir, "--cores", "2", "--configfile", str(config))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     tables = workdir / "results" / "tables"

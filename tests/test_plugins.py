@@ -154,3 +154,23 @@ def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made
     assert comp.loc["made + ANS", "round trip"] == "exact"
     metrics = json.loads((workdir / "results/runs/digits/made/seed0/metrics.json").read_text())
     assert metrics["compression"]["round_trip_exact"] and metrics["compression"]["coded_bits"] > 0
+
+
+def test_dataset_plugin_is_listed_and_loads(tmp_path):
+    site = fake_dist(tmp_path / "site", "noise-data", {"dgmbench.datasets": {"noise": "noise_data"}}, {"noise_data": """
+        import torch
+        from dgmbench.data import Split, register_dataset
+
+        @register_dataset("noise", shape=(1, 2, 2), num_levels=4, num_classes=1, description="uniform noise")
+        def load(data_root):
+            g = torch.Generator().manual_seed(0)
+            return tuple(Split(torch.randint(4, (n, 1, 2, 2), generator=g, dtype=torch.uint8), torch.zeros(n, dtype=torch.long))
+                         for n in (20, 5, 5))
+    """})
+    proc = dgmbench(["list"], site)
+    assert proc.returncode == 0, proc.stderr
+    assert any(ln.split()[:1] == ["noise"] and ln.endswith("(noise-data)") for ln in proc.stdout.splitlines()), proc.stdout
+    code = "from dgmbench.data import load_dataset; print(len(load_dataset('noise').train))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(site)])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "20", out.stderr

@@ -52,8 +52,7 @@ full: full-data
 	echo "make full: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 smoke: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml \
-		--config runs_dir=results/smoke/runs results_dir=results/smoke
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml
 
 tables: setup
 	$(BIN)/dgmbench tables --runs results/runs --out results

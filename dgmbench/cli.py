@@ -73,9 +73,10 @@ def cmd_evaluate(args) -> int:
         from .config import eval_settings, load_grid
 
         eval_config = eval_settings(load_grid(args.config))
-    metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config)
+    metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config, progress=lambda s: print(s, flush=True))
     lik = metrics.get("likelihood", {})
-    summary = f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim" if "nll_nats" in lik else "no likelihood"
+    summary = (f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim"
+               if lik.get("nll_nats") is not None else "no likelihood")
     print(f"{metrics['run']['model']}-{metrics['run']['dataset']}-seed{metrics['run']['seed']}: {summary}; "
           f"wrote {Path(args.run) / 'metrics.json'}")
     return 0

@@ -214,7 +214,7 @@ def check_results_path(key: str, value: str) -> None:
 def validate_grid(raw: dict) -> dict:
     """Check a grid config (schema, registries, every model's and evaluator's keys); return it with defaults."""
     from .data import DATASETS
-    from .metrics import EVALUATORS
+    from .metrics import EVAL_SETTINGS, EVALUATORS
     from .models import MODELS
 
     _schema_errors(raw)
@@ -247,7 +247,9 @@ def validate_grid(raw: dict) -> dict:
                     valid = (["all"] if section == "train" else []) + valid_models
                     raise ConfigError(f"unknown model {key!r} in {section}; valid keys: {', '.join(valid)}")
     for key in cfg["eval"]:
-        EVALUATORS.get(key)
+        if key not in EVAL_SETTINGS:
+            EVALUATORS.get(key)
+    eval_settings(cfg)  # every evaluator's settings built and checked before any job starts
     # Build every run's dataclasses once so type errors surface before any job starts.
     for m in cfg["models"]:
         resolve_run(cfg, dataset=cfg["datasets"][0], model=m, seed=cfg["seeds"][0])
@@ -266,7 +268,6 @@ class RunConfig:
     seed: int
     train: TrainConfig
     hparams: Any  # the family's Config dataclass
-    eval: dict[str, Any] = field(default_factory=dict)  # evaluator name → its Config dataclass
     device: str = "auto"
     threads: int = 1
     data_root: str | None = None
@@ -284,7 +285,6 @@ class RunConfig:
             **{k: getattr(self, k) for k in RUN_KEYS},
             "train": dataclasses.asdict(self.train),
             "hparams": dataclasses.asdict(self.hparams),
-            "eval": {k: dataclasses.asdict(v) for k, v in self.eval.items()},
             **({"data_file": self.data_file} if self.data_file else {}),  # absent for registered datasets
         }
 
@@ -321,6 +321,9 @@ def apply_sets(run: dict, sets: list[str]) -> dict:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.max_epochs=5)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if parts[0] == "eval":
+            raise ConfigError(f"--set {key.strip()}: evaluation settings are not part of a training run; put them "
+                              f"under eval: in a grid file and pass it to `dgmbench evaluate --config GRID`")
         node = run
         for i, p in enumerate(parts[:-1]):
             if not isinstance(node, dict) or p not in node:
@@ -335,20 +338,15 @@ def apply_sets(run: dict, sets: list[str]) -> dict:
     return run
 
 
-def eval_dicts(grid: dict) -> dict[str, dict]:
-    """Every evaluator's settings as a dict: its Config's defaults updated with the grid's ``eval.<name>``."""
-    from .metrics import EVALUATORS
+def eval_settings(grid: dict | None = None) -> dict:
+    """The evaluation settings, resolved in this one place: every evaluator's Config (and the evaluation-wide
+    settings, ``test_subset``) from its defaults updated with the grid's ``eval.<name>``, checked and typed.
+    Training never reads them: they are not part of a run's config, its checkpoint or its resume check."""
+    from .metrics import EVAL_SETTINGS, EVALUATORS
 
-    return {name: {**dataclasses.asdict(EVALUATORS.get(name).Config()), **grid["eval"].get(name, {})}
-            for name in EVALUATORS.names()}
-
-
-def eval_settings(grid: dict) -> dict:
-    """Every evaluator's Config from a (validated) grid (:func:`eval_dicts`, checked and typed)."""
-    from .metrics import EVALUATORS
-
-    return {name: build_dataclass(EVALUATORS.get(name).Config, vals, where=f"eval.{name}")
-            for name, vals in eval_dicts(grid).items()}
+    classes = {**{name: EVALUATORS.get(name).Config for name in EVALUATORS.names()}, **EVAL_SETTINGS}
+    given = (grid or {}).get("eval") or {}
+    return {name: build_dataclass(cls, given.get(name, {}), where=f"eval.{name}") for name, cls in classes.items()}
 
 
 def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[str] | None = None) -> RunConfig:
@@ -368,7 +366,6 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
         **(variant or {}).get("train", {}),
     }
     hparams = {**dataclasses.asdict(cls.Config()), **grid["hparams"].get(base, {}), **(variant or {}).get("hparams", {})}
-    evals = eval_dicts(grid)
     run = {
         "dataset": dataset,
         "model": base,
@@ -377,7 +374,6 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
         **{k: grid.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
         "train": train,
         "hparams": hparams,
-        "eval": evals,
         "data_file": grid.get("data_files", {}).get(dataset),
     }
     apply_sets(run, sets or [])
@@ -385,8 +381,8 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
 
 
 def run_from_dict(run: dict) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from its dict form (a saved config), re-validating everything."""
-    from .metrics import EVALUATORS
+    """Rebuild a :class:`RunConfig` from its dict form (a saved config), re-validating everything. An ``eval``
+    section (saved by dgmbench ≤ 0.1, when evaluation settings travelled with the run) is ignored."""
     from .models import MODELS
 
     if run.get("data_file"):  # a saved run config re-registers its file dataset (evaluate reads only the run)
@@ -408,9 +404,5 @@ def run_from_dict(run: dict) -> RunConfig:
         seed=run["seed"],
         train=build_dataclass(TrainConfig, run["train"], where="train"),
         hparams=build_dataclass(cls.Config, run["hparams"], where=f"hparams.{run['model']}"),
-        eval={
-            name: build_dataclass(EVALUATORS.get(name).Config, vals, where=f"eval.{name}")
-            for name, vals in run.get("eval", {}).items()
-        },
         **{k: run.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
     )

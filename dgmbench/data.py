@@ -2,7 +2,7 @@
 
 Every image dataset yields integer pixel values ``x ∈ {0, ..., num_levels-1}`` as a ``uint8`` tensor of
 shape ``(N, C, H, W)``, plus integer labels ``(N,)``. Models receive these integers and choose their own
-scaling, so every likelihood is reported on the data's own discrete values (DESIGN.md, "one likelihood
+scaling, so every likelihood is reported on the data's own discrete values (docs/design.md, "one likelihood
 scale"). Nothing here downloads: a dataset that is not installed raises :class:`DatasetUnavailable` with
 the command that installs it.
 

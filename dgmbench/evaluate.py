@@ -1,25 +1,31 @@
-"""Evaluate a trained run: rebuild the model from its checkpoint, run every registered evaluator that applies,
-write ``<run_dir>/metrics.json`` and log it to the run's MLflow run.
+"""Evaluate a trained run: rebuild the model from its checkpoint, run the evaluators that apply in the order
+their dependencies give (``metrics.plan``), write ``<run_dir>/metrics.json`` and log it to the run's MLflow run.
 
-``metrics.json`` holds one section per evaluator (``likelihood``, ``sampling``, ...) plus ``run`` (who, what,
-training record) and ``timing`` (wall-clock seconds; the only part that differs between identical reruns).
+``metrics.json`` holds ``run`` (who, what, training record, the evaluation settings used), ``test_subset`` (the
+fixed test images every evaluator scored), one section per evaluator (its typed ``Result``) and ``timing``
+(wall-clock seconds; the only part that differs between identical reruns).
+
+``only``: recompute those sections; what they require is reused from the previous metrics.json when it is there
+and parses (else recomputed too); every other section already there is kept, never erased.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from . import checkpoint
-from .config import build_dataclass, run_from_dict
-from .metrics import EvalContext, ordered_evaluators
+from .build import build
+from .config import ConfigError, eval_settings, run_from_dict
+from .metrics import EvalContext, ResultError, TestSubset, parse_section, plan
+from .results import RunInfo
 from .runtime import seed_everything
 from .tracking import Tracker, flatten, git_commit
-from .train import build
 
 log = logging.getLogger("dgmbench.evaluate")
 
@@ -52,62 +58,84 @@ def load_trained(run_dir: Path):
     return run, dataset, model, device, ckpt["record"]
 
 
-def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict | None = None) -> dict:
-    """Evaluate ``run_dir``'s checkpoint. ``eval_config`` (evaluator name → Config, e.g. from a grid file) replaces
-    the evaluation settings saved at training time, so a grid's current ``eval:`` section applies to runs trained
-    before it changed; without it the checkpoint's settings are used."""
+def _previous(path: Path) -> dict:
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict | None = None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Evaluate ``run_dir``'s checkpoint with ``eval_config`` (name → Config, from :func:`config.eval_settings`;
+    the defaults when None) and return the metrics dict written to ``run_dir/metrics.json``. ``progress`` receives
+    one line per evaluator (name, result, seconds)."""
     run_dir = Path(run_dir)
+    settings = eval_config or eval_settings(None)
     run, dataset, model, device, record = load_trained(run_dir)
-    if eval_config is not None:
-        run = dataclasses.replace(run, eval=dict(eval_config))
-    metrics: dict = {
-        "run": {
-            "dataset": run.dataset,
-            "model": run.label,  # the grid's name: the model, or its variant
-            "base_model": run.model,
-            "variant": run.variant,
-            "seed": run.seed,
-            "family": model.family,
-            "likelihood": model.likelihood.value,
-            "status": record["status"],
-            "diverged_epoch": record["diverged_epoch"],
-            "diverged_reason": record["diverged_reason"],
-            "epochs_run": record["epochs_run"],
-            "best_epoch": record["best_epoch"],
-            "max_epochs": run.train.max_epochs,
-            "num_params": sum(p.numel() for p in model.parameters()),
-            "git_commit": git_commit(),
-            "eval_settings": {name: dataclasses.asdict(cfg) for name, cfg in sorted(run.eval.items())},
-        },
-        "timing": {"train_seconds": record["train_seconds"]},
-    }
-    ctx = EvalContext(model=model, dataset=dataset, run=run, device=device, run_dir=run_dir, record=record, metrics=metrics)
-    for ev in ordered_evaluators():
-        if only and ev.name not in only:
-            continue
-        cfg = run.eval.get(ev.name) or build_dataclass(ev.Config, {}, where=f"eval.{ev.name}")
+    subset, idx = TestSubset.choose(len(dataset.test.x), settings["test_subset"])
+    path = run_dir / "metrics.json"
+    previous = _previous(path)
+    if only and previous.get("test_subset", subset.to_dict()) != subset.to_dict():
+        raise ConfigError(f"{path} was computed on another test subset ({previous['test_subset']}) than "
+                          f"eval.test_subset selects now ({subset.to_dict()}); evaluate without --only")
+    ctx = EvalContext(model=model, dataset=dataset, run=run, device=device, run_dir=run_dir, record=record,
+                      subset=subset, test_x=dataset.test.x[idx])
+    timing = {"train_seconds": record["train_seconds"]}
+    computed = {}
+    evaluated = dict(previous.get("run", {}).get("evaluated", {})) if only else {}
+    evaluators = plan(only)
+    for i, ev in enumerate(evaluators, 1):
+        if only and ev.name not in only and ev.name in previous:
+            try:  # a dependency of a requested section, already computed on the same images
+                ctx.results[ev.name] = parse_section(ev.name, previous[ev.name])
+                continue
+            except ResultError:
+                pass  # written by another version: recompute it
         seed_everything(run.seed)  # each evaluator sees the same RNG stream whatever ran before it
         t0 = time.perf_counter()
-        section = ev.fn(ctx, cfg)
-        metrics["timing"][f"{ev.name}_seconds"] = time.perf_counter() - t0
-        if section is not None:
-            metrics[ev.name] = section
-            log.info("%s: %s done in %.1fs", run.run_name, ev.name, metrics["timing"][f"{ev.name}_seconds"])
-    previous = run_dir / "metrics.json"
-    if only and previous.exists():  # recompute some sections, keep the others
-        try:
-            old = json.loads(previous.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        metrics = {**old, **metrics, "timing": {**old.get("timing", {}), **metrics["timing"]}}
-    write_json(metrics, previous)
+        result = ev.fn(ctx, settings[ev.name])
+        timing[f"{ev.name}_seconds"] = time.perf_counter() - t0
+        line = (f"{run.run_name}: [{i}/{len(evaluators)}] {ev.name} "
+                f"{'done' if result is not None else 'does not apply'} in {timing[f'{ev.name}_seconds']:.1f} s")
+        log.info(line)
+        if progress is not None:
+            progress(line)
+        evaluated[ev.name] = result is not None
+        if result is not None:
+            ctx.results[ev.name] = computed[ev.name] = result
+    info = RunInfo(
+        dataset=run.dataset, model=run.label, base_model=run.model, variant=run.variant, seed=run.seed,
+        family=model.family, likelihood=model.likelihood.value, status=record["status"],
+        diverged_epoch=record["diverged_epoch"], diverged_reason=record["diverged_reason"],
+        epochs_run=record["epochs_run"], best_epoch=record["best_epoch"], max_epochs=run.train.max_epochs,
+        num_params=sum(p.numel() for p in model.parameters()), git_commit=git_commit(),
+        evaluation_index=previous.get("run", {}).get("evaluation_index", -1) + 1 if previous else 0,
+        evaluated=dict(sorted(evaluated.items())),
+        eval_settings={name: asdict(cfg) for name, cfg in sorted(settings.items())},
+    )
+    kept = {k: v for k, v in previous.items() if k not in ("run", "test_subset", "timing")} if only else {}
+    metrics = {"run": info.to_dict(), "test_subset": subset.to_dict(), **kept,
+               **{name: res.to_dict() for name, res in computed.items()},
+               "timing": {**(previous.get("timing", {}) if only else {}), **timing}}
+    write_json(metrics, path)
+    log_to_mlflow(run, run_dir, metrics, record["status"])
+    return metrics
 
+
+def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str) -> None:
+    """The evaluation's metrics at step = the evaluation index (one value per evaluation), the settings it used as
+    tags (a re-evaluation overwrites them; params are immutable in MLflow and hold the training config)."""
     tracker = Tracker(run.tracking_uri, run.experiment)
     run_id = tracker.start_run(run_dir, run.run_name, flatten(run.to_dict()), {})
-    numeric = {f"test.{k}": v for k, v in flatten({k: v for k, v in metrics.items() if k != "run"}).items()
+    step = metrics["run"]["evaluation_index"]
+    sections = {k: v for k, v in metrics.items() if k not in ("run", "test_subset")}
+    numeric = {f"test.{k}": v for k, v in flatten(sections).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracker.log_metrics(run_id, numeric)
+    tracker.log_metrics(run_id, numeric, step=step)
+    tracker.set_tags(run_id, {**{f"eval.{k}": v for k, v in flatten(metrics["run"]["eval_settings"]).items()},
+                              "eval.test_subset_sha1": metrics["test_subset"]["indices_sha1"],
+                              "evaluation_index": step, "status": status})
     tracker.log_artifact(run_id, run_dir / "metrics.json")
-    tracker.set_tags(run_id, {"status": record["status"]})
-    tracker.end_run(run_id, "FINISHED" if record["status"] == "ok" else "FAILED")
-    return metrics
+    tracker.end_run(run_id, "FINISHED" if status == "ok" else "FAILED")

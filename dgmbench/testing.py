@@ -30,7 +30,7 @@ state_dict_round_trip               a model rebuilt from a state_dict computes t
 ==================================  ====================================================================
 
 Checks that need exhaustive sums use a tiny enumerable space (the ``normalisation`` evaluator's spaces, 81 images
-for 3 levels on 1×2×2), summed with :func:`dgmbench.metrics.compression.total_probability`; the others run on
+for 3 levels on 1×2×2), summed with :func:`dgmbench.metrics.normalisation.total_probability`; the others run on
 ``dataset_info``'s own shape with ``data`` (real images, if given) or a synthetic batch of a few noisy prototypes.
 """
 
@@ -108,7 +108,7 @@ def _jittered(model: GenerativeModel, scale: float = 0.3, seed: int = 1) -> Gene
 
 def tiny_space(s: _Subject) -> tuple[DatasetInfo, GenerativeModel] | None:
     """The first of the normalisation evaluator's enumerable spaces that the family can be built on."""
-    from .metrics.compression import NormalisationConfig
+    from .metrics.normalisation import NormalisationConfig
 
     for C, H, W, L in NormalisationConfig().spaces:
         info = DatasetInfo(f"toy-{C}x{H}x{W}-{L}", (C, H, W), L, 1, "every image of a tiny space")
@@ -217,7 +217,7 @@ def check_embedding(s: _Subject):
 
 
 def _normalises(s: _Subject, trained: bool):
-    from .metrics.compression import total_probability
+    from .metrics.normalisation import total_probability
     from .tables.matrix import THRESHOLDS
 
     check = "normalises_trained" if trained else "normalises_fresh"
@@ -283,7 +283,7 @@ def check_chain_rule(s: _Subject):
 
 
 def check_bijection(s: _Subject):
-    from .metrics.compression import enumerate_images
+    from .metrics.normalisation import enumerate_images
 
     name = "discrete_latent_is_a_bijection"
     built = tiny_space(s)

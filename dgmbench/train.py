@@ -22,11 +22,10 @@ import yaml
 from tqdm import tqdm
 
 from . import checkpoint
+from .build import build
 from .config import RunConfig, run_from_dict
-from .data import load_dataset
 from .distributions import nats_to_bits_per_dim
-from .models import get_model
-from .runtime import resolve_device, rng_state, seed_everything, set_rng_state, set_threads
+from .runtime import rng_state, seed_everything, set_rng_state
 from .tracking import Tracker, flatten, run_tags
 
 log = logging.getLogger("dgmbench.train")
@@ -47,17 +46,6 @@ def read_config(run_dir: Path) -> RunConfig:
     if not path.exists():
         raise ConfigError(f"no config.yaml in {run_dir}; is it a dgmbench run directory (dgmbench train --out DIR)?")
     return run_from_dict(read_yaml(path))
-
-
-def build(run: RunConfig):
-    """Dataset, model on its device, and the device, for a resolved run."""
-    set_threads(run.threads)
-    device = resolve_device(run.device)
-    dataset = load_dataset(run.dataset, run.data_root)
-    from dataclasses import asdict
-
-    model = get_model(run.model, dataset.info, **asdict(run.hparams)).to(device)
-    return dataset, model, device
 
 
 @torch.no_grad()

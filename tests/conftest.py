@@ -49,9 +49,40 @@ TINY_EVAL = {
     "normalisation": {"spaces": [[1, 2, 2, 3]], "bound_repeats": 1, "iwae_k": 2},
     "sampling": {"batch_sizes": [1, 4], "repeats": 1, "measure_seconds": 0.01, "max_call_seconds": 0.5,
                  "probe_sizes": [8], "probe_batch_sizes": [1], "probe_seconds": 0.01, "identity_check_samples": 2},
-    "compression": {"max_images": 8, "verify_images": 2},
+    "compression": {"verify_images": 2},
+    "test_subset": {"max_images": 32},
     "lossy": {"jpeg_qualities": [50]},
     "sample_quality": {"num_samples": 32, "classifier_steps": 10, "classifier_width": 4, "feature_dim": 8},
     "probe": {"c_grid": [1.0], "labels_per_class": 2, "cv_folds": 2, "num_train": 64, "max_iter": 20},
-    "ood": {"max_images": 32, "num_entropy": 32},
+    "ood": {"num_entropy": 32},
 }
+
+
+def make_ctx(model, dataset, *, max_images: int = 0, run=None, results=None, run_dir=None):
+    """An EvalContext for calling one evaluator directly: the model on the CPU, the fixed test subset of
+    ``max_images`` (0 = the whole test split), the run config ``run`` (default: the model's family defaults on the
+    dataset, seed 0)."""
+    from dgmbench.config import GRID_DEFAULTS, resolve_run
+    from dgmbench.metrics import EvalContext, TestSubset, TestSubsetConfig
+
+    if run is None and getattr(model, "name", "") and dataset.info.name:
+        from dgmbench.models import MODELS
+
+        if model.name in MODELS:
+            run = resolve_run({**GRID_DEFAULTS}, dataset=dataset.info.name, model=model.name, seed=0)
+    subset, idx = TestSubset.choose(len(dataset.test.x), TestSubsetConfig(max_images=max_images))
+    return EvalContext(model=model, dataset=dataset, run=run, device=torch.device("cpu"), run_dir=run_dir,
+                       record={}, subset=subset, test_x=dataset.test.x[idx], results=dict(results or {}))
+
+
+def make_run(dataset: str, model: str, seed: int = 0, *, status: str = "ok", family: str = "test", **results):
+    """A typed run record (what the table builders read) holding ``results`` (evaluator name → its Result); the
+    other run fields are placeholders."""
+    from dgmbench.metrics import TestSubset
+    from dgmbench.results import RunInfo, RunRecord
+
+    info = RunInfo(dataset=dataset, model=model, base_model=model, variant=None, seed=seed, family=family,
+                   likelihood="exact", status=status, diverged_epoch=None, diverged_reason=None, epochs_run=1,
+                   best_epoch=1, max_epochs=1, num_params=0, git_commit="test", evaluation_index=0,
+                   evaluated={name: True for name in results}, eval_settings={})
+    return RunRecord(info=info, subset=TestSubset(10, 10, "0" * 16, 0), results=dict(results))

@@ -14,20 +14,18 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import small_info
+from conftest import make_ctx, small_info
 from dgmbench.distributions import LOG2
 from dgmbench.metrics.compression import (
     baseline_sizes,
     code_autoregressive,
     decode_autoregressive,
     encode_autoregressive,
-    enumerate_images,
-    jpeg_points,
     mosaic,
     positions,
-    psnr,
-    total_probability,
 )
+from dgmbench.metrics.lossy import jpeg_points, psnr
+from dgmbench.metrics.normalisation import enumerate_images, total_probability
 from dgmbench.models.base import GenerativeModel, Likelihood
 
 
@@ -183,8 +181,8 @@ def test_jpeg_trades_rate_for_distortion():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(64, 1, 8, 8, generator=g) * 4).long().cumsum(-1).clamp(max=16)  # ramps: smooth-ish images
     pts = jpeg_points(x, 17, [10, 50, 95])
-    bits = [p["bits_per_image"] for p in pts]
-    mses = [p["mse"] for p in pts]
+    bits = [p.bits_per_image for p in pts]
+    mses = [p.mse for p in pts]
     assert bits[0] < bits[1] < bits[2]
     assert mses[0] > mses[1] > mses[2] >= 0
 
@@ -196,10 +194,9 @@ def test_psnr_closed_form():
 
 
 def test_lossy_evaluator_on_a_model_with_known_rate_and_distortion(digits):
-    """reconstruct = x + 0.5 everywhere (MSE 0.25) and a constant 3 nats of KL: rate 3/ln2 bits, PSNR known."""
-    from types import SimpleNamespace
-
-    from dgmbench.metrics.compression import evaluate_lossy, LossyConfig
+    """reconstruct = x + 0.5 at z = μ (MSE 0.25) and x + 1 at a sampled z (MSE 1), a constant 3 nats of KL: the rate
+    is 3/ln2 bits and the distortion it pays for is the sampled one; the z = μ figure is reported beside it."""
+    from dgmbench.metrics.lossy import LossyConfig, evaluate_lossy
 
     class Shifted(GenerativeModel):
         lossy = True
@@ -209,29 +206,52 @@ def test_lossy_evaluator_on_a_model_with_known_rate_and_distortion(digits):
             super().__init__({}, info)
             self.w = nn.Parameter(torch.zeros(1))
 
-        def reconstruct(self, x):
-            return x.float() + 0.5
+        def reconstruct(self, x, sample=False):
+            return x.float() + (1.0 if sample else 0.5)
 
         def latent_rate_nats(self, x):
             return torch.full((x.shape[0],), 3.0)
 
-    ctx = SimpleNamespace(model=Shifted(digits.info), dataset=digits, device=torch.device("cpu"),
-                          run=SimpleNamespace(hparams=SimpleNamespace()))
+    ctx = make_ctx(Shifted(digits.info), digits, max_images=100)
     out = evaluate_lossy(ctx, LossyConfig(jpeg_qualities=[50]))
-    assert out["rate_bits_per_image"] == pytest.approx(3.0 / math.log(2))
-    assert out["mse"] == pytest.approx(0.25)
-    assert out["psnr_db"] == pytest.approx(10 * math.log10(16**2 / 0.25))
-    assert out["jpeg"][0]["bits_per_image"] > 0
+    assert out.num_images == 100 and out.images_sha1 == ctx.subset.indices_sha1
+    assert out.rate_bits_per_image == pytest.approx(3.0 / math.log(2))
+    assert out.mse == pytest.approx(1.0) and out.mse_stderr == pytest.approx(0.0, abs=1e-12)
+    assert out.psnr_db == pytest.approx(10 * math.log10(16**2 / 1.0))
+    assert out.mse_at_mean == pytest.approx(0.25)
+    assert out.psnr_db_at_mean == pytest.approx(10 * math.log10(16**2 / 0.25))
+    assert out.jpeg[0].bits_per_image > 0
+    assert type(out).from_dict(out.to_dict()) == out  # the typed result survives metrics.json
+
+
+def _space_dataset(model):
+    """A stand-in dataset whose test split is every image of the model's tiny space."""
+    from types import SimpleNamespace
+
+    x = enumerate_images(model.info.shape, model.info.num_levels)
+    return SimpleNamespace(info=model.info, test=SimpleNamespace(x=x))
 
 
 def test_normalisation_evaluator_on_an_exact_family(tiny):
-    from types import SimpleNamespace
+    from dgmbench.metrics.normalisation import NormalisationConfig, evaluate_normalisation
 
-    from dgmbench.metrics.compression import NormalisationConfig, evaluate_normalisation
+    ctx = make_ctx(tiny, _space_dataset(tiny))
+    out = evaluate_normalisation(ctx, NormalisationConfig(spaces=[[1, 2, 2, 3]], toy_train_steps=0))
+    assert out.type == "exact"
+    assert out.fresh_default.num_images == 81
+    assert out.fresh_default.sum_p == pytest.approx(1.0, abs=1e-6)
+    assert out.fresh_run_config.sum_p == pytest.approx(out.fresh_default.sum_p)  # the run uses the default config
+    assert out.toy_trained is None  # skipped with toy_train_steps = 0
+    # The trained checkpoint's own check: changing x_d leaves every conditional at e ≤ d where it was.
+    assert out.checkpoint.property == "causal conditionals" and out.checkpoint.passed
+    assert out.checkpoint.max_violation == pytest.approx(0.0, abs=1e-9)
 
-    ctx = SimpleNamespace(model=tiny, device=torch.device("cpu"))
-    out = evaluate_normalisation(ctx, NormalisationConfig(spaces=[[1, 2, 2, 3]]))
-    assert out["type"] == "exact"
-    assert out["fresh_default"]["num_images"] == 81
-    assert out["fresh_default"]["sum_p"] == pytest.approx(1.0, abs=1e-6)
-    assert out["fresh_run_config"]["same_as"] == "fresh_default"  # the run uses the default config
+
+def test_normalisation_checkpoint_check_catches_a_leaky_conditional(tiny):
+    """A model whose logits at d see x_d itself (peek) fails the trained-checkpoint causality check."""
+    from dgmbench.metrics.normalisation import NormalisationConfig, evaluate_normalisation
+
+    tiny.peek = True
+    out = evaluate_normalisation(make_ctx(tiny, _space_dataset(tiny)),
+                                 NormalisationConfig(spaces=[[1, 2, 2, 3]], toy_train_steps=0, causal_positions=4))
+    assert not out.checkpoint.passed and out.checkpoint.max_violation > 0.1

@@ -154,6 +154,7 @@ def test_npz_dataset_runs_through_train_evaluate_and_tables(isolated_cwd):
     grid = {"datasets": ["mine"], "models": ["vae"], "seeds": [0], "device": "cpu", "tracking_uri": None,
             "data_files": declare(), "train": {"all": TINY_TRAIN}, "eval": TINY_EVAL}
     (isolated_cwd / "grid.yaml").write_text(yaml.safe_dump(grid))
+    (isolated_cwd / "eval.yaml").write_text(yaml.safe_dump({"eval": TINY_EVAL}))  # settings only, no data_files
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     run = "results/runs/mine/vae/seed0"
@@ -166,9 +167,9 @@ def test_npz_dataset_runs_through_train_evaluate_and_tables(isolated_cwd):
 
     dgmbench("train", "--config", "grid.yaml", "--dataset", "mine", "--model", "vae", "--seed", "0")
     assert yaml.safe_load((isolated_cwd / run / "config.yaml").read_text())["data_file"]["path"] == "data/mine.npz"
-    dgmbench("evaluate", "--run", run)
+    dgmbench("evaluate", "--config", "eval.yaml", "--run", run)
     metrics = json.loads((isolated_cwd / run / "metrics.json").read_text())
-    assert metrics["run"]["dataset"] == "mine" and metrics["likelihood"]["num_test"] == 20
+    assert metrics["run"]["dataset"] == "mine" and metrics["likelihood"]["num_images"] == 20
     dgmbench("tables", "--runs", "results/runs", "--out", "results")
     lik = (isolated_cwd / "results" / "tables" / "likelihood.csv").read_text()
     assert "mine" in lik and "vae" in lik

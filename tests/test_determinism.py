@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from dgmbench.evaluate import without_timing
-from dgmbench.metrics import EVALUATORS
 from dgmbench.models import MODELS
 
 # Tiny budgets: the point is identical numbers, not good ones.
@@ -25,10 +24,11 @@ TRAIN_SETS = ["train.max_epochs=2", "train.num_train=128", "train.num_val=64", "
 SMALL_EVAL = {
     "likelihood": {"iwae_k": 8, "iwae_repeats": 2},
     "normalisation": {"bound_repeats": 2, "iwae_k": 8},
-    "compression": {"max_images": 16, "verify_images": 4},
+    "compression": {"verify_images": 4},
+    "test_subset": {"max_images": 32},
     "lossy": {"jpeg_qualities": [50]},
     "probe": {"c_grid": [1.0], "cv_folds": 2, "num_train": 200, "max_iter": 100},
-    "ood": {"max_images": 32, "num_entropy": 32, "other_datasets": False, "transforms": ["noise"]},
+    "ood": {"num_entropy": 32, "other_datasets": False, "transforms": ["noise"]},
     "sample_quality": {"num_samples": 64, "classifier_steps": 30},
     "sampling": {"batch_sizes": [1, 16], "repeats": 1, "measure_seconds": 0.01, "probe_sizes": [8],
                  "probe_batch_sizes": [1], "probe_seconds": 0.01},
@@ -44,12 +44,14 @@ def small_sets(model: str) -> list[str]:
     sets = list(TRAIN_SETS)
     hfields = {f.name for f in dataclasses.fields(MODELS.get(model).Config)}
     sets += [f"hparams.{k}={v}" for k, v in SMALL_HPARAMS.items() if k in hfields]
-    for name in EVALUATORS.names():
-        fields = {f.name for f in dataclasses.fields(EVALUATORS.get(name).Config)}
-        for key, value in SMALL_EVAL.get(name, {}).items():
-            if key in fields:
-                sets.append(f"eval.{name}.{key}={json.dumps(value)}")
     return sets
+
+
+def small_eval() -> dict:
+    """The evaluation settings of SMALL_EVAL (evaluation settings are the grid's, not the run's)."""
+    from dgmbench.config import eval_settings
+
+    return eval_settings({"eval": SMALL_EVAL})
 
 
 def run_family(model: str, out: Path) -> dict:
@@ -61,7 +63,7 @@ def run_family(model: str, out: Path) -> dict:
     run = resolve_run(load_grid(None), dataset="digits", model=model, seed=0, sets=small_sets(model))
     run.tracking_uri = f"sqlite:///{out.parent.parent / 'mlflow.db'}"  # one store per process
     train(run, out, progress=False)
-    evaluate(out)
+    evaluate(out, eval_config=small_eval())
     return json.loads((out / "metrics.json").read_text())
 
 

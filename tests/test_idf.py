@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import small_info
-from dgmbench.metrics.compression import code_discrete_latent, encode_discrete_latent, enumerate_images, total_probability
+from dgmbench.metrics.compression import code_discrete_latent, encode_discrete_latent
+from dgmbench.metrics.normalisation import enumerate_images, total_probability
 from dgmbench.models import get_model
 from dgmbench.models.discrete_flow import multiscale_groups
 

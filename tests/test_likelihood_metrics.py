@@ -18,7 +18,8 @@ from dgmbench.distributions import (
     nats_to_bits_per_dim,
     to_symmetric,
 )
-from dgmbench.metrics.likelihood import LikelihoodConfig, evaluate_likelihood, summarize_nll
+from conftest import make_ctx
+from dgmbench.metrics.likelihood import LikelihoodConfig, evaluate_likelihood, histogram_log_prob, nll_summary
 
 
 # ------------------------------------------------------------------------------------------------ units
@@ -115,15 +116,6 @@ def test_discretized_logistic_tail_branch_is_accurate_for_broad_scales():
 
 
 # --------------------------------------------------------------------------------------------- evaluator
-def test_summarize_nll_converts():
-    log_p = torch.tensor([-10.0, -20.0, -30.0, -40.0], dtype=torch.float64)
-    out = summarize_nll(log_p, num_dims=5)
-    assert out["nll_nats"] == pytest.approx(25.0)
-    assert out["nll_bpd"] == pytest.approx(25.0 / (5 * math.log(2)))
-    assert out["sem_images_nats"] == pytest.approx(math.sqrt(500.0 / 3) / 2)  # sd (unbiased) / √n
-    assert summarize_nll(torch.tensor([-3.0], dtype=torch.float64), 1)["sem_images_nats"] == 0.0
-
-
 def test_evaluator_on_a_uniform_vae(digits):
     """A VAE whose decoder outputs flat logits and whose encoder outputs q = N(0, I) = p(z) has
     ELBO = IWAE-k = log p(x) = −D ln L exactly, so the evaluator must report log2(L) bits/dim, no gap, no spread."""
@@ -134,19 +126,20 @@ def test_evaluator_on_a_uniform_vae(digits):
     for last in (model.encoder[-1], model.decoder[-1]):
         torch.nn.init.zeros_(last.weight)
         torch.nn.init.zeros_(last.bias)
-    ctx = SimpleNamespace(model=model, dataset=digits, device=torch.device("cpu"))
-    out = evaluate_likelihood(ctx, LikelihoodConfig(iwae_k=7, iwae_repeats=2, batch_size=100))
+    out = evaluate_likelihood(make_ctx(model, digits), LikelihoodConfig(iwae_k=7, iwae_repeats=2, batch_size=100))
     D, L = digits.info.num_dims, digits.info.num_levels
-    assert out["type"] == "bound" and out["estimator"] == "IWAE-7" and out["num_test"] == len(digits.test.x)
-    assert out["nll_nats"] == pytest.approx(D * math.log(L), rel=1e-6)
-    assert out["bound_nats"] == pytest.approx(D * math.log(L), rel=1e-6)
-    assert out["nll_bpd"] == pytest.approx(math.log2(L), rel=1e-6)
-    assert out["elbo_iwae_gap_nats"] == pytest.approx(0.0, abs=1e-3)
-    assert out["stderr_nats"] == pytest.approx(0.0, abs=1e-4) and out["sem_images_nats"] == pytest.approx(0.0, abs=1e-4)
+    assert out.type == "bound" and out.estimator == "IWAE-7" and out.num_images == len(digits.test.x)
+    assert out.nll_nats == pytest.approx(D * math.log(L), rel=1e-6)
+    assert out.bound_nats == pytest.approx(D * math.log(L), rel=1e-6)
+    assert out.nll_bpd == pytest.approx(math.log2(L), rel=1e-6)
+    assert out.bound_gap_nats == pytest.approx(0.0, abs=1e-3)
+    assert out.stderr_nats == pytest.approx(0.0, abs=1e-4) and out.sem_images_nats == pytest.approx(0.0, abs=1e-4)
+    assert out.uniform_nll_nats == pytest.approx(out.nll_nats, rel=1e-6)  # this VAE is the uniform distribution
 
 
-class _ScriptedBound(torch.nn.Module):
-    """A stand-in bound family whose IWAE repeats return scripted values, to check the evaluator's arithmetic."""
+class _NoisyBound(torch.nn.Module):
+    """A bound family whose ELBO is −100 and whose IWAE estimate is −96 + independent N(0, σ²) noise per image and
+    call: the estimator's standard error over N images and R repeats is then σ / √(N R)."""
 
     from dgmbench.models import Likelihood
 
@@ -154,28 +147,43 @@ class _ScriptedBound(torch.nn.Module):
     estimator = "ELBO"
     supports_iwae = True
 
-    def __init__(self, elbo, repeats):
+    def __init__(self, sigma):
         super().__init__()
-        self.elbo, self.repeats, self.calls = elbo, list(repeats), 0
+        self.sigma = sigma
+        self.gen = torch.Generator().manual_seed(0)
 
     def log_prob(self, x):
-        return torch.full((len(x),), self.elbo)
+        return torch.full((len(x),), -100.0)
 
     def log_prob_iwae(self, x, k):
-        value = self.repeats[self.calls]
-        self.calls += 1
-        return torch.full((len(x),), value)
+        return -96.0 + self.sigma * torch.randn(len(x), generator=self.gen, dtype=torch.float64)
 
 
-def test_evaluator_repeats_standard_error_and_gap(digits):
-    model = _ScriptedBound(elbo=-100.0, repeats=[-97.0, -96.0, -95.0])
-    ctx = SimpleNamespace(model=model, dataset=digits, device=torch.device("cpu"))
-    # one batch per repeat, so each repeat sees one scripted value
-    out = evaluate_likelihood(ctx, LikelihoodConfig(iwae_k=5, iwae_repeats=3, batch_size=len(digits.test.x)))
-    assert out["nll_nats"] == pytest.approx(96.0)
-    assert out["stderr_nats"] == pytest.approx(1.0 / math.sqrt(3))  # sd of (97, 96, 95) is 1
-    assert out["bound_nats"] == pytest.approx(100.0) and out["elbo_iwae_gap_nats"] == pytest.approx(4.0)
-    assert out["nll_bpd"] == pytest.approx(96.0 / (digits.info.num_dims * math.log(2)))
+def test_evaluator_standard_error_and_gap_against_the_known_noise(digits):
+    sigma, R = 2.0, 3
+    ctx = make_ctx(_NoisyBound(sigma), digits)
+    out = evaluate_likelihood(ctx, LikelihoodConfig(iwae_k=5, iwae_repeats=R, bound_repeats=2))
+    N = len(digits.test.x)
+    assert out.estimator == "IWAE-5" and out.iwae_k == 5 and out.repeats == R
+    assert out.nll_nats == pytest.approx(96.0, abs=4 * sigma / math.sqrt(N * R))
+    # √(mean_i s_i² / (N R)) with s_i² on 2 degrees of freedom each, averaged over 447 images: within ~15%
+    assert out.stderr_nats == pytest.approx(sigma / math.sqrt(N * R), rel=0.15)
+    assert out.bound_estimator == "ELBO" and out.bound_nats == pytest.approx(100.0)
+    assert out.bound_stderr_nats == 0.0  # this ELBO happens to be deterministic: its repeats agree exactly
+    assert out.bound_gap_nats == pytest.approx(100.0 - out.nll_nats)
+    assert out.nll_bpd == pytest.approx(out.nll_nats / (digits.info.num_dims * math.log(2)))
+    assert type(out).from_dict(out.to_dict()) == out
+
+
+def test_nll_summary_closed_form():
+    """Two repeats over three images: mean, per-image variance across repeats, and the s.e. over images."""
+    lp = -torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], dtype=torch.float64)  # (R = 2, N = 3)
+    mean, stderr, sem = nll_summary(lp)
+    assert mean == pytest.approx(2.0)
+    assert stderr == pytest.approx(math.sqrt((2.0 + 0.0 + 2.0) / 3 / (3 * 2)))  # s_i² = 2, 0, 2
+    assert sem == pytest.approx(0.0)  # the per-image means are all 2
+    assert nll_summary(lp[:1])[1] is None  # one repeat of a stochastic estimate: its s.e. is not estimable
+    assert nll_summary(lp[:1], stochastic=False)[1] == 0.0  # a deterministic value
 
 
 class _PixelSum(torch.nn.Module):
@@ -191,28 +199,41 @@ class _PixelSum(torch.nn.Module):
         return -x.flatten(1).double().sum(1)
 
 
-def test_evaluator_max_images_scores_a_fixed_subset_of_distinct_test_images(digits):
-    """max_images = n scores n distinct test images, the same n on every call, and reports the mean over exactly
-    those; n ≥ the split size (or 0) scores the whole split."""
-    from dgmbench.metrics.likelihood import fixed_rng, subsample
-    from dgmbench.tables.likelihood import test_images
+def test_evaluator_scores_exactly_the_fixed_test_subset(digits):
+    """The context's test subset of n distinct images, the same on every call, is what the evaluator scores and
+    records; n ≥ the split size (or 0) is the whole split. The baselines are computed on the same images."""
+    from dgmbench.metrics import TestSubset, TestSubsetConfig, indices_hash
 
-    ctx = SimpleNamespace(model=_PixelSum(), dataset=digits, device=torch.device("cpu"))
     x = digits.test.x
-    whole = evaluate_likelihood(ctx, LikelihoodConfig(batch_size=64))
-    assert whole["num_test"] == whole["num_test_split"] == len(x)
-    assert whole["nll_nats"] == pytest.approx(float(x.flatten(1).double().sum(1).mean()))
-    assert evaluate_likelihood(ctx, LikelihoodConfig(max_images=len(x) + 5))["nll_nats"] == whole["nll_nats"]
+    whole = evaluate_likelihood(make_ctx(_PixelSum(), digits), LikelihoodConfig(batch_size=64))
+    assert whole.num_images == len(x) and whole.stderr_nats == 0.0 and whole.repeats == 1
+    assert whole.nll_nats == pytest.approx(float(x.flatten(1).double().sum(1).mean()))
+    assert TestSubset.choose(len(x), TestSubsetConfig(max_images=len(x) + 5))[0].num_images == len(x)
 
-    part = evaluate_likelihood(ctx, LikelihoodConfig(batch_size=64, max_images=100))
-    assert part["num_test"] == 100 and part["num_test_split"] == len(x)
-    assert evaluate_likelihood(ctx, LikelihoodConfig(batch_size=7, max_images=100))["nll_nats"] == part["nll_nats"]
-    chosen = subsample(x, 100, fixed_rng(0, "likelihood-test"))
-    assert part["nll_nats"] == pytest.approx(float(chosen.flatten(1).double().sum(1).mean()))
-    # the subset is 100 distinct rows of the split (indices drawn without replacement)
-    idx = np.sort(fixed_rng(0, "likelihood-test").choice(len(x), size=100, replace=False))
-    assert len(set(idx.tolist())) == 100 and torch.equal(chosen, x[torch.from_numpy(idx)])
-    assert part["nll_nats"] != pytest.approx(whole["nll_nats"], rel=1e-6)  # a subset mean, not the whole split's
-    assert test_images(part) == f"100 of {len(x)}" and test_images(whole) == str(len(x))
+    ctx = make_ctx(_PixelSum(), digits, max_images=100)
+    part = evaluate_likelihood(ctx, LikelihoodConfig(batch_size=7))
+    subset, idx = TestSubset.choose(len(x), TestSubsetConfig(max_images=100))
+    assert len(set(idx.tolist())) == 100 and subset.num_split == len(x) and subset.label == f"100 of {len(x)}"
+    assert part.num_images == 100 and part.images_sha1 == indices_hash(idx) == ctx.subset.indices_sha1
+    assert np.array_equal(idx, TestSubset.choose(len(x), TestSubsetConfig(max_images=100))[1])  # fixed
+    assert part.nll_nats == pytest.approx(float(x[torch.from_numpy(idx)].flatten(1).double().sum(1).mean()))
+    assert part.nll_nats != pytest.approx(whole.nll_nats, rel=1e-6)  # a subset mean, not the whole split's
+    other = TestSubset.choose(len(x), TestSubsetConfig(max_images=100, seed=1))[0]
+    assert other.indices_sha1 != subset.indices_sha1
     with pytest.raises(ValueError, match="max_images"):
-        LikelihoodConfig(max_images=-1).validate()
+        TestSubsetConfig(max_images=-1).validate()
+
+
+def test_histogram_and_uniform_baselines_by_counting(digits):
+    """The per-pixel histogram baseline against a count done here in numpy; the uniform one is D ln L."""
+    train, test = digits.train.x.flatten(1).numpy(), digits.test.x[:50]
+    L = digits.info.num_levels
+    expected = 0.0
+    for img in test.flatten(1).numpy():
+        for d, v in enumerate(img):
+            expected -= math.log(((train[:, d] == v).sum() + 1) / (len(train) + L))
+    got = -histogram_log_prob(digits.train.x, test, L).mean()
+    assert float(got) == pytest.approx(expected / len(test), rel=1e-10)
+    out = evaluate_likelihood(make_ctx(_PixelSum(), digits), LikelihoodConfig())
+    assert out.uniform_nll_nats == pytest.approx(digits.info.num_dims * math.log(L))
+    assert out.histogram_nll_nats < out.uniform_nll_nats  # the histogram has learnt something

@@ -14,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_ctx, make_run
 from dgmbench.data import TOY_DENSITIES, load_dataset
-from dgmbench.metrics import EvalContext
 from dgmbench.metrics.ood import (
     OODConfig,
+    OODResult,
+    OODScore,
+    OODSet,
     auroc,
     evaluate_ood,
     fpr_at_tpr,
@@ -192,16 +195,15 @@ def ring_report():
     ds = load_dataset("toy2d-ring")
     ring = TOY_DENSITIES["toy2d-ring"]
     model = ExactToy(ring, ds.info).eval()
-    ctx = EvalContext(model=model, dataset=ds, run=SimpleNamespace(data_root=None, seed=0), device=torch.device("cpu"),
-                      run_dir=None, record={}, metrics={})
+    ctx = make_ctx(model, ds, run=SimpleNamespace(data_root=None, seed=0))  # the whole test split: 2000 images
     return evaluate_ood(ctx, OODConfig(typicality_batch=5))
 
 
 def test_evaluator_finds_the_same_shape_datasets(ring_report):
-    assert set(ring_report["sets"]) == {"toy2d-gaussian", "toy2d-checker", "noise", "constant", "hflip"}
-    assert ring_report["num_in"] == 2000 and ring_report["skipped"] == {}
+    assert set(ring_report.sets) == {"toy2d-gaussian", "toy2d-checker", "noise", "constant", "hflip"}
+    assert ring_report.num_in == 2000 and ring_report.skipped == {}
     # Ĥ from the exact model on 2000 training samples estimates the ring's entropy (in bits/dim, D = 2).
-    assert ring_report["entropy_bpd"] == pytest.approx(TOY_DENSITIES["toy2d-ring"].entropy_nats() / (2 * math.log(2)), abs=0.05)
+    assert ring_report.entropy_bpd == pytest.approx(TOY_DENSITIES["toy2d-ring"].entropy_nats() / (2 * math.log(2)), abs=0.05)
 
 
 @pytest.mark.parametrize("ood_name, p_ood", [
@@ -212,10 +214,10 @@ def test_likelihood_auroc_matches_exact_enumeration(ring_report, ood_name, p_ood
     p_ring = TOY_DENSITIES["toy2d-ring"].pmf()
     score = -np.log(p_ring)
     exact_auc = exact_auroc(p_ring, p_ood, score)
-    got = ring_report["sets"][ood_name]["scores"]["likelihood"]
+    got = ring_report.sets[ood_name].scores["likelihood"]
     n = 2000  # in-distribution and OOD samples
     # The AUROC's standard error is ≤ √(2/(12 n)) ≈ 0.009 for 2000 vs 2000 samples; allow 4 of them.
-    assert got["auroc"] == pytest.approx(exact_auc, abs=0.037)
+    assert got.auroc == pytest.approx(exact_auc, abs=0.037)
     assert 0.5 < exact_auc < 1.0  # the two densities overlap, but the ring's own samples are likelier
     # FPR95 uses the sample's 95% quantile of OOD scores, whose population TPR is 0.95 ± ~√(.95·.05/n); where
     # the ROC is steep that moves the FPR a lot, so bracket it by the exact FPR 4 standard errors either side,
@@ -223,7 +225,7 @@ def test_likelihood_auroc_matches_exact_enumeration(ring_report, ood_name, p_ood
     delta = 4 * math.sqrt(0.95 * 0.05 / n)
     lo, hi = exact_fpr_at(p_ring, p_ood, score, 0.95 - delta), exact_fpr_at(p_ring, p_ood, score, 0.95 + delta)
     eps = 4 * math.sqrt(0.25 / n)
-    assert lo - eps <= got["fpr95"] <= hi + eps
+    assert lo - eps <= got.fpr95 <= hi + eps
     assert hi - lo < 0.5  # the bracket is informative
 
 
@@ -249,8 +251,7 @@ def test_evaluator_on_trained_free_model_skips_families_without_likelihood(digit
         Config = _NoConfig
         likelihood = Likelihood.NONE
 
-    ctx = EvalContext(model=NoLik(_NoConfig(), digits.info), dataset=digits, run=SimpleNamespace(data_root=None),
-                      device=torch.device("cpu"), run_dir=None, record={}, metrics={})
+    ctx = make_ctx(NoLik(_NoConfig(), digits.info), digits, run=SimpleNamespace(data_root=None))
     assert evaluate_ood(ctx, OODConfig()) is None
 
 
@@ -258,11 +259,13 @@ def test_ood_table(tmp_path):
     from dgmbench.tables.ood import ood_table
 
     def run(seed, auc, status="ok"):
-        scores = {s: {"auroc": auc, "fpr95": 1 - auc, "num_in": 10, "num_ood": 10} for s in ("likelihood", "typicality")}
-        return {"run": {"dataset": "fashion-mnist", "model": "vae", "seed": seed, "status": status, "family": "VAE"},
-                "ood": {"estimator": "ELBO", "typicality_batch": 5, "in_nll_bpd_mean": 4.0,
-                        "sets": {"mnist5k": {"nll_bpd_mean": 3.0, "scores": scores}},
-                        "skipped": {"mnist": "mnist needs the torchvision files locally: set data_root"}}}
+        scores = {s: OODScore(auroc=auc, fpr95=1 - auc, num_in=10, num_ood=10) for s in ("likelihood", "typicality")}
+        ood = OODResult(estimator="ELBO", positive_class="ood", num_in=10, images_sha1="0" * 16, in_nll_bpd_mean=4.0,
+                        in_png_bpd_mean=5.0, entropy_bpd=4.0, entropy_split="train", num_entropy=10, typicality_batch=5,
+                        sets={"mnist5k": OODSet(kind="dataset", num_images=10, nll_bpd_mean=3.0, png_bpd_mean=4.0,
+                                                scores=scores)},
+                        skipped={"mnist": "mnist needs the torchvision files locally: set data_root"})
+        return make_run("fashion-mnist", "vae", seed, status=status, family="VAE", ood=ood)
 
     paths = ood_table([run(0, 0.2), run(1, 0.4), run(2, 0.99, status="diverged")], tmp_path)
     import pandas as pd

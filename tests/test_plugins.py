@@ -131,7 +131,7 @@ def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made
     grid = {"datasets": ["digits"], "models": ["arm", "vae", "made"], "seeds": [0], "device": "cpu", "threads": 1,
             "tracking_uri": None, "experiment": "plugins", "train": {"all": TINY_TRAIN},
             "hparams": {"arm": {"hidden_channels": 8, "head_channels": 8, "num_layers": 2}, "made": {"hidden_units": 64}},
-            "eval": {**TINY_EVAL, "ood": {"max_images": 16, "num_entropy": 16}}}
+            "eval": {**TINY_EVAL, "ood": {"num_entropy": 16}}}
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump(grid))
     workdir = tmp_path / "work"

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from dgmbench.metrics.probe import ProbeConfig, evaluate_probe, label_subset, probe_features
+from conftest import make_ctx, make_run
+from dgmbench.metrics.probe import (
+    ProbeConfig,
+    ProbeProtocol,
+    ProbeResult,
+    ProbeScores,
+    binomial_stderr,
+    evaluate_probe,
+    label_subset,
+    probe_features,
+)
 
 
 def _blob_splits(separation: float, num_classes: int = 5, dim: int = 12):
@@ -26,9 +36,9 @@ def _blob_splits(separation: float, num_classes: int = 5, dim: int = 12):
 def test_probe_is_perfect_on_linearly_separable_features():
     feats, labels = _blob_splits(separation=10.0)  # means ~10√2 sd apart per dimension: separable
     out = probe_features(feats, labels, ProbeConfig())
-    assert out["linear"]["test_acc"] == 1.0 and out["knn_acc"] == 1.0
-    assert out["linear_low"]["test_acc"] >= 0.95 and out["knn_low_acc"] >= 0.95
-    assert out["linear"]["C"] in ProbeConfig().c_grid and out["feature_dim"] == 12
+    assert out.linear_test_acc == 1.0 and out.knn_acc == 1.0
+    assert out.low_test_acc >= 0.95 and out.knn_low_acc >= 0.95
+    assert out.linear_C in ProbeConfig().c_grid and out.feature_dim == 12
 
 
 def test_probe_is_at_chance_on_shuffled_labels():
@@ -37,7 +47,7 @@ def test_probe_is_at_chance_on_shuffled_labels():
     labels = {s: rng.permutation(y) for s, y in labels.items()}  # labels no longer related to the features
     out = probe_features(feats, labels, ProbeConfig())
     # chance = 1/5; with 200 test images the s.e. is 0.028, so ±0.12 is > 4 s.e.
-    for acc in (out["linear"]["test_acc"], out["knn_acc"], out["linear_low"]["test_acc"], out["knn_low_acc"]):
+    for acc in (out.linear_test_acc, out.knn_acc, out.low_test_acc, out.knn_low_acc):
         assert abs(acc - 0.2) < 0.12, out
 
 
@@ -50,11 +60,8 @@ def test_label_subset_is_fixed_and_balanced():
 
 
 def _ctx(model, dataset, seed=0):
-    from dgmbench.metrics import EvalContext
-
     run = types.SimpleNamespace(model=model.name, hparams=model.cfg, seed=seed, threads=1)
-    return EvalContext(model=model.eval(), dataset=dataset, run=run, device=torch.device("cpu"), run_dir=None,
-                       record={}, metrics={})
+    return make_ctx(model.eval(), dataset, run=run)
 
 
 def test_evaluator_baselines(digits):
@@ -67,15 +74,15 @@ def test_evaluator_baselines(digits):
     torch.manual_seed(123)
     out = evaluate_probe(_ctx(model, digits), ProbeConfig(c_grid=[0.1, 1.0]))
     assert torch.equal(torch.rand(1), before), "the random-init baseline must not consume the global RNG"
-    assert out["raw_pixels"]["feature_dim"] == digits.info.num_dims and out["feature_dim"] == 16
-    assert out["random_init"]["feature_dim"] == 16
-    assert out["protocol"]["num_low_label"] == 10 * digits.info.num_classes
-    assert out["protocol"]["random_init_seed"] == ProbeConfig().random_init_seed
+    assert out.raw_pixels.feature_dim == digits.info.num_dims and out.feature_dim == 16
+    assert out.random_init.feature_dim == 16
+    assert out.protocol.num_low_label == 10 * digits.info.num_classes
+    assert out.protocol.random_init_seed == ProbeConfig().random_init_seed
     # The twin is a different network from the model (another seed), so its features differ.
-    assert out["random_init"]["linear"]["val_acc"] != out["linear"]["val_acc"] or \
-        out["random_init"]["knn_acc"] != out["knn_acc"]
+    assert out.random_init.linear_val_acc != out.linear_val_acc or \
+        out.random_init.knn_acc != out.knn_acc
     # Raw pixels of 8×8 digits are far above chance (a sanity check of the data path, not of a model).
-    assert out["raw_pixels"]["linear"]["test_acc"] > 0.85
+    assert out.raw_pixels.linear_test_acc > 0.85
 
 
 def test_evaluator_skips_models_without_representation_and_random_init_of_closed_form(digits):
@@ -87,7 +94,7 @@ def test_evaluator_skips_models_without_representation_and_random_init_of_closed
     pca = get_model("pca", digits.info, num_components=8)
     pca.train_step(digits.train.x, [], None)
     out = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0]))
-    assert "random_init" not in out and out["protocol"]["random_init_seed"] is None
+    assert out.random_init is None and out.protocol.random_init_seed is None
 
 
 def test_evaluator_num_eval_probes_on_the_first_val_and_test_images(digits):
@@ -101,14 +108,14 @@ def test_evaluator_num_eval_probes_on_the_first_val_and_test_images(digits):
     pca = get_model("pca", digits.info, num_components=8)
     pca.train_step(digits.train.x, [], None)
     out = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0], num_train=300, num_eval=50))
-    assert (out["protocol"]["num_train"], out["protocol"]["num_val"], out["protocol"]["num_test"]) == (300, 50, 50)
+    assert (out.protocol.num_train, out.protocol.num_val, out.protocol.num_test) == (300, 50, 50)
     f_train, f_test = (sp.x[:n].double().flatten(1).numpy() for sp, n in ((digits.train, 300), (digits.test, 50)))
     scaler = StandardScaler().fit(f_train)
     knn = KNeighborsClassifier(n_neighbors=5).fit(scaler.transform(f_train), digits.train.y[:300].numpy())
     expected = float((knn.predict(scaler.transform(f_test)) == digits.test.y[:50].numpy()).mean())
-    assert out["raw_pixels"]["knn_acc"] == pytest.approx(expected)
+    assert out.raw_pixels.knn_acc == pytest.approx(expected)
     whole = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0], num_train=300))
-    assert whole["protocol"]["num_test"] == len(digits.test.x)
+    assert whole.protocol.num_test == len(digits.test.x)
     with pytest.raises(ValueError, match="num_eval"):
         ProbeConfig(num_eval=-1).validate()
 
@@ -116,18 +123,21 @@ def test_evaluator_num_eval_probes_on_the_first_val_and_test_images(digits):
 def test_probe_table(tmp_path):
     from dgmbench.tables.probe import probe_table
 
-    def section(acc):
-        block = {"feature_dim": 4, "linear": {"test_acc": acc}, "knn_acc": acc, "linear_low": {"test_acc": acc / 2},
-                 "knn_low_acc": acc / 2}
-        protocol = {"standardisation": "train", "c_grid": [1.0], "c_selection": "val", "knn_k": 5,
-                    "knn_metric": "euclidean", "num_train": 10, "labels_per_class": 1, "num_low_label": 2,
-                    "subset_seed": 0, "num_test": 5}
-        return {**block, "representation": "h", "raw_pixels": {**block, "feature_dim": 64},
-                "random_init": dict(block), "protocol": protocol}
+    def block(acc, feature_dim=4):
+        return dict(feature_dim=feature_dim, linear_test_acc=acc, linear_test_stderr=binomial_stderr(acc, 5),
+                    linear_val_acc=acc, linear_C=1.0, linear_converged=True, knn_acc=acc, low_test_acc=acc / 2,
+                    low_test_stderr=binomial_stderr(acc / 2, 5), low_cv_acc=acc / 2, low_C=1.0, low_converged=True,
+                    knn_low_acc=acc / 2)
 
-    runs = [{"run": {"dataset": "digits", "model": "enc", "seed": s, "status": "ok", "family": "ssl"},
-             "probe": section(acc)} for s, acc in enumerate([0.8, 0.9])]
-    runs.append({"run": {"dataset": "digits", "model": "gen", "seed": 0, "status": "ok", "family": "g"}})
+    def section(acc):
+        protocol = ProbeProtocol(standardisation="train", c_grid=[1.0], c_selection="val", knn_k=5,
+                                 knn_metric="euclidean", num_train=10, labels_per_class=1, num_low_label=2,
+                                 subset_seed=0, num_val=5, num_test=5, random_init_seed=10000)
+        return ProbeResult(**block(acc), representation="h", raw_pixels=ProbeScores(**block(acc, feature_dim=64)),
+                           random_init=ProbeScores(**block(acc)), protocol=protocol)
+
+    runs = [make_run("digits", "enc", s, family="ssl", probe=section(acc)) for s, acc in enumerate([0.8, 0.9])]
+    runs.append(make_run("digits", "gen", 0, family="g"))
     csv, md = probe_table(runs, tmp_path)
     import pandas as pd
 

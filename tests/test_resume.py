@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from dgmbench.config import eval_settings
 from dgmbench.evaluate import without_timing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = 8
 KILL_AT = 3  # kill once last.pt holds at least this many epochs
 SETS = [f"train.max_epochs={MAX_EPOCHS}", "train.checkpoint_every=1", "train.patience=0", "train.batch_size=32",
-        "train.num_val=128", "device=cpu", "eval.likelihood.iwae_k=8", "eval.likelihood.iwae_repeats=2"]
+        "train.num_val=128", "device=cpu"]
+EVAL = {"likelihood": {"iwae_k": 8, "iwae_repeats": 2}}  # the grid's eval: section of these tests
 
 
 def _env() -> dict:
@@ -90,7 +93,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     run = resolve_run(load_grid(None), dataset="digits", model="vae", seed=0, sets=SETS)
     run.tracking_uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
     train(run, ref_dir / "run", progress=False)
-    ref_metrics = evaluate(ref_dir / "run", only=["training", "likelihood"])
+    ref_metrics = evaluate(ref_dir / "run", only=["training", "likelihood"], eval_config=eval_settings({"eval": EVAL}))
 
     # The killed run, through the CLI in a subprocess, then rerun.
     work = tmp_path / "killed"
@@ -120,7 +123,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     strip = lambda curve: [{k: v for k, v in row.items() if k != "seconds"} for row in curve]  # noqa: E731
     assert strip(saved["record"]["curve"]) == strip(reference["record"]["curve"])
     monkeypatch.chdir(work)  # the killed run's MLflow store is ./mlflow of the directory it ran in
-    metrics = evaluate(out, only=["training", "likelihood"])
+    metrics = evaluate(out, only=["training", "likelihood"], eval_config=eval_settings({"eval": EVAL}))
     assert _comparable(metrics) == _comparable(ref_metrics)
     assert len(_mlflow_runs(work)[1]) == 1  # evaluation logged to the training run, not to a new one
 
@@ -167,7 +170,9 @@ def test_divergence_is_data(capsys, isolated_cwd):
     from dgmbench.cli import main
 
     small = ["--set", "train.max_epochs=3", "--set", "train.num_train=128", "--set", "train.num_val=64",
-             "--set", "device=cpu", "--set", "eval.likelihood.iwae_k=8", "--set", "eval.likelihood.iwae_repeats=2"]
+             "--set", "device=cpu"]
+    grid = isolated_cwd / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"eval": EVAL}))
     runs = isolated_cwd / "results" / "runs" / "digits" / "vae"
     assert main(["train", "--dataset", "digits", "--model", "vae", "--seed", "0", *small,
                  "--out", str(runs / "seed0")]) == 0
@@ -175,7 +180,8 @@ def test_divergence_is_data(capsys, isolated_cwd):
                  "--out", str(runs / "seed1")]) == 0  # divergence is a result, not an error
     assert "diverged after 1 epochs" in capsys.readouterr().out
     for seed in (0, 1):
-        assert main(["evaluate", "--run", str(runs / f"seed{seed}"), "--only", "training", "likelihood"]) == 0
+        assert main(["evaluate", "--config", str(grid), "--run", str(runs / f"seed{seed}"),
+                     "--only", "training", "likelihood"]) == 0
     assert main(["tables", "--runs", "results/runs", "--out", "results"]) == 0
 
     m = json.loads((runs / "seed1" / "metrics.json").read_text())["run"]
@@ -191,4 +197,4 @@ def test_divergence_is_data(capsys, isolated_cwd):
     import pandas as pd
 
     table = pd.read_csv(isolated_cwd / "results" / "tables" / "stability.csv")
-    assert table.set_index("model").loc["vae", "diverged"] == "1/2"
+    assert table.set_index("model").loc["vae", "failed"] == "1/2 (1 diverged)"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import small_info
-from dgmbench.metrics.sampling import SamplingConfig, best_rate, evaluate_sampling_speed, sampler_speed, time_call
+from dgmbench.metrics.sampling import SamplingConfig, SamplingResult, evaluate_sampling_speed, sampler_speed, time_call
 from dgmbench.models.base import GenerativeModel
 
 
@@ -73,30 +73,32 @@ def test_slow_batch_sizes_are_skipped_from_the_prediction():
         time.sleep(0.05 * n)
 
     out = sampler_speed(fn, batch_sizes=[1, 4, 64], repeats=1, budget_seconds=0.01, max_call_seconds=1.0)
-    assert 64 not in seen and out["batch64_samples_per_s"] is None
-    assert out["batch4_samples_per_s"] == pytest.approx(20.0, rel=0.5)  # 4 images / 0.2 s
-    assert best_rate(out) == (4, out["batch4_samples_per_s"])
+    assert 64 not in seen and out["64"] is None
+    assert out["4"] == pytest.approx(20.0, rel=0.5)  # 4 images / 0.2 s
+    result = SamplingResult(passes_per_sample=1, shape=[1, 1, 1], batch_sizes=[1, 4, 64], samples_per_s=out,
+                            naive_samples_per_s=None, naive_matches_fast=None, by_size={})
+    assert result.best() == (4, out["4"])
 
 
 def test_sampling_section_records_passes_and_the_size_probe():
     model = StubSampler(StubConfig(passes_per_pixel=1), small_info(shape=(1, 8, 8), num_levels=17))
     out = evaluate_sampling_speed(model, FAST, "cpu")
-    assert out["passes_per_sample"] == 64
-    assert out["batch1_samples_per_s"] > 0 and out["batch4_samples_per_s"] > 0
-    assert "naive_matches_fast" not in out  # not autoregressive
-    assert out["by_size"]["8x8"]["trained"] and not out["by_size"]["28x28"]["trained"]
-    assert out["by_size"]["28x28"]["shape"] == [1, 28, 28]
-    assert out["by_size"]["28x28"]["passes_per_sample"] == 28 * 28  # a fresh model of the same config, 28×28
+    assert out.passes_per_sample == 64
+    assert out.samples_per_s["1"] > 0 and out.samples_per_s["4"] > 0
+    assert out.naive_matches_fast is None and out.naive_samples_per_s is None  # not autoregressive
+    assert out.by_size["8x8"].trained and not out.by_size["28x28"].trained
+    assert out.by_size["28x28"].shape == [1, 28, 28]
+    assert out.by_size["28x28"].passes_per_sample == 28 * 28  # a fresh model of the same config, 28×28
 
 
 def test_identity_check_can_fail():
     info = small_info(shape=(1, 8, 8), num_levels=17)
     model = StubAR(StubConfig(), info)
-    assert evaluate_sampling_speed(model, FAST, "cpu")["naive_matches_fast"]
+    assert evaluate_sampling_speed(model, FAST, "cpu").naive_matches_fast is True
     model.naive_differs = True
     out = evaluate_sampling_speed(model, FAST, "cpu")
-    assert not out["naive_matches_fast"]
-    assert out["naive_batch1_samples_per_s"] > 0
+    assert out.naive_matches_fast is False
+    assert out.naive_samples_per_s["1"] > 0
 
 
 def test_registered_arm_cached_sampler_equals_the_naive_one(digits):

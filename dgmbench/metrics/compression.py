@@ -1,6 +1,7 @@
 """Compression, measured: lossless with a real entropy coder, lossy as a rate–distortion point.
 
-Lossless (evaluator ``compression``). A model with exact per-dimension conditionals p(x_d | x_<d) (an
+Lossless (evaluator ``compression``, which requires ``likelihood``: both score the context's fixed test subset, so
+the coded length and the NLL are on the same images). A model with exact per-dimension conditionals p(x_d | x_<d) (an
 ``autoregressive`` family) is an entropy coder: with asymmetric numeral systems (ANS, Duda 2013; the
 ``constriction`` library's ``AnsCoder``) an image costs −Σ_d log₂ p(x_d | x_<d) bits plus a constant of at most
 a few machine words for the whole stream. We *encode* the test split from one teacher-forced pass of
@@ -27,11 +28,8 @@ Every run also reports general-purpose lossless coders on the same images, store
 the level 0..L−1 (raw bytes for gzip/lzma; one greyscale mosaic of all test images, 8-bit samples holding the
 levels, for PNG and lossless WebP — a per-image PNG would be mostly header). Their bits/dim use the same D.
 
-Lossy (evaluator ``lossy``, for ``lossy`` families): the rate is KL(q(z|x) ‖ p(z)) in bits per image, the cost
-of communicating a sample of q(z|x) with relative-entropy / bits-back coding (an ideal rate, not a bitstream);
-the distortion is the MSE of ``reconstruct(x)`` in level units and the PSNR, 10 log₁₀((L−1)² / MSE). JPEG at
-several qualities on the same images (levels scaled to 0..255, one greyscale mosaic so the header is shared;
-8×8 images sit exactly on JPEG's 8×8 blocks) gives reference points; its bits are the encoded file size.
+The rate–distortion point of ``lossy`` families is in :mod:`dgmbench.metrics.lossy`; the normalisation check
+in :mod:`dgmbench.metrics.normalisation`.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ import torch
 
 from ..distributions import LOG2
 from ..models.base import Likelihood
-from . import register_evaluator
+from . import Result, register_evaluator
 
 
 # ------------------------------------------------------------------------------------------ ANS coding
@@ -274,17 +272,40 @@ def cached_baseline_sizes(x: torch.Tensor, cache_dir: str) -> tuple[dict, bool]:
     return sizes, ok
 
 
-# ----------------------------------------------------------------------------------------- evaluators
+# ----------------------------------------------------------------------------------------- evaluator
 @dataclass
 class CompressionConfig:
     batch_size: int = 512  # images per coded stream (and per decoding batch)
-    max_images: int = 0  # code only the first n test images; 0 = all
     verify_images: int = 128  # decode the first n and check the round trip (D network passes each); 0 = all
     cache_dir: str = "results/cache"  # the generic coders' sizes are cached per test set here; "" = no cache
 
     def validate(self):
-        if self.batch_size < 1 or self.max_images < 0 or self.verify_images < 0:
-            raise ValueError("batch_size must be ≥ 1, max_images and verify_images ≥ 0")
+        if self.batch_size < 1 or self.verify_images < 0:
+            raise ValueError("batch_size must be ≥ 1 and verify_images ≥ 0")
+
+
+@dataclass
+class CompressionResult(Result):
+    num_images: int  # test images coded (the context's test subset)
+    images_sha1: str  # their index hash
+    num_dims: int  # D
+    num_levels: int  # L
+    uniform_bpd: float  # log₂ L: the code that knows nothing
+    baselines: dict[str, float]  # general-purpose coder → bits/dim on the same images (gzip_bpd, png_bpd, ...)
+    baselines_round_trip: bool  # every general-purpose coder decoded back to the same bytes
+    baseline_storage: str  # how the images were stored for those coders
+    model_estimator: str | None  # the likelihood result's estimator (what model_nll_bpd is)
+    model_nll_bpd: float | None  # the likelihood result's NLL on the same images, bits/dim
+    coded: bool  # a real bitstream was written
+    coder: str | None  # which coder, when coded
+    reason_short: str | None  # why not, when not coded
+    reason: str | None
+    coded_bits: int | None  # length of the bitstream in bits (whole 32-bit words)
+    coded_bpd: float | None  # coded_bits / (N D)
+    ideal_bpd: float | None  # Σ −log₂ p(x) of the coder's own probabilities / (N D), computed while coding
+    round_trip_exact: bool | None  # the decoded images equal the originals
+    verified_images: int | None  # how many were decoded
+    latent_changed_fraction: float | None  # discrete flows: fraction of values with z ≠ x (0 = identity bijection)
 
 
 def no_coder_reason(model) -> tuple[str, str]:
@@ -301,177 +322,34 @@ def no_coder_reason(model) -> tuple[str, str]:
                                "not implemented; the ideal rate is the NLL bound")
 
 
-@register_evaluator("compression", config=CompressionConfig, order=40)
-def evaluate_compression(ctx, cfg: CompressionConfig) -> dict:
-    x = ctx.dataset.test.x[: cfg.max_images or None]
+@register_evaluator("compression", config=CompressionConfig, result=CompressionResult, requires=("likelihood",))
+def evaluate_compression(ctx, cfg: CompressionConfig) -> CompressionResult:
+    x = ctx.test_x
     N, D = len(x), ctx.dataset.info.num_dims
     baselines, baselines_ok = cached_baseline_sizes(x, cfg.cache_dir)
-    out: dict = {"num_images": N, "num_dims": D, "num_levels": ctx.dataset.info.num_levels,
-                 "uniform_bpd": math.log2(ctx.dataset.info.num_levels),
-                 "baselines": baselines, "baselines_round_trip": baselines_ok,
-                 "baseline_storage": "one byte per value holding the level 0..L-1; PNG/WebP: one greyscale mosaic "
-                                     "of all test images"}
-    lik = ctx.metrics.get("likelihood", {})
-    out["model_nll_bpd"] = lik.get("nll_bpd")
+    lik = ctx.result("likelihood")
+    out = CompressionResult(
+        num_images=N, images_sha1=ctx.subset.indices_sha1, num_dims=D, num_levels=ctx.dataset.info.num_levels,
+        uniform_bpd=math.log2(ctx.dataset.info.num_levels), baselines=baselines, baselines_round_trip=baselines_ok,
+        baseline_storage="one byte per value holding the level 0..L-1; PNG/WebP: one greyscale mosaic of all test "
+                         "images",
+        model_estimator=lik.estimator if lik else None, model_nll_bpd=lik.nll_bpd if lik else None,
+        coded=False, coder=None, reason_short=None, reason=None, coded_bits=None, coded_bpd=None, ideal_bpd=None,
+        round_trip_exact=None, verified_images=None, latent_changed_fraction=None)
     if ctx.model.autoregressive:
         res = code_autoregressive(ctx.model, x, cfg.batch_size, cfg.verify_images)
-        coder = "ANS (constriction AnsCoder), categorical conditionals of the model"
+        out.coder = "ANS (constriction AnsCoder), categorical conditionals of the model"
     elif ctx.model.discrete_latent:
         res = code_discrete_latent(ctx.model, x, cfg.batch_size, cfg.verify_images)
-        coder = "ANS (constriction AnsCoder) of z = f(x), group by group with the prior's tables; x = f⁻¹(z)"
+        out.coder = "ANS (constriction AnsCoder) of z = f(x), group by group with the prior's tables; x = f⁻¹(z)"
         # 0 would mean the learned bijection is the identity and the prior alone does the modelling
         z = ctx.model.to_latent(x.to(ctx.device)).cpu()
-        out["latent_changed_fraction"] = float((z != x.long()).float().mean())
+        out.latent_changed_fraction = float((z != x.long()).float().mean())
     else:
-        short, full = no_coder_reason(ctx.model)
-        out.update(coded=False, reason_short=short, reason=full)
+        out.reason_short, out.reason = no_coder_reason(ctx.model)
         return out
-    out.update(coded=True, coder=coder,
-               coded_bpd=res["coded_bits"] / (N * D), ideal_bpd=res["ideal_bits"] / (N * D),
-               round_trip_exact=res["round_trip_exact"], verified_images=res["verified_images"],
-               coded_bits=res["coded_bits"])
-    return out
-
-
-@dataclass
-class LossyConfig:
-    jpeg_qualities: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 20, 30, 50, 75, 90])  # reference points
-    batch_size: int = 512  # test images per forward pass
-
-    def validate(self):
-        if any(not 1 <= q <= 100 for q in self.jpeg_qualities):
-            raise ValueError(f"jpeg_qualities must lie in 1..100, got {self.jpeg_qualities}")
-
-
-def psnr(mse: float, num_levels: int) -> float:
-    """Peak signal-to-noise ratio in dB for an MSE in level units: 10 log₁₀((L−1)² / MSE)."""
-    return math.inf if mse == 0 else 10.0 * math.log10((num_levels - 1) ** 2 / mse)
-
-
-def jpeg_points(x: torch.Tensor, num_levels: int, qualities: list[int]) -> list[dict]:
-    """Rate (bits/image from the file size) and distortion (MSE in level units) of greyscale JPEG on ``x``."""
-    from PIL import Image
-
-    N, C, H, W = x.shape
-    scale = 255.0 / (num_levels - 1)
-    img = mosaic(x, scale)
-    ref = img.astype(np.float64) / scale  # the levels, back in level units, in the mosaic layout
-    cols = math.ceil(math.sqrt(N))
-    valid = np.zeros((math.ceil(N / cols) * cols,), dtype=bool)
-    valid[:N] = True  # blank padding tiles do not count
-    mask = np.repeat(np.repeat(valid.reshape(-1, cols), H, 0), W, 1)
-    if C > 1:
-        mask = mask[..., None].repeat(C, -1)
-    points = []
-    for q in qualities:
-        data = _pil_bytes(img, "JPEG", quality=q, optimize=True)
-        dec = np.asarray(Image.open(io.BytesIO(data))).astype(np.float64) / scale
-        mse = float(((dec - ref) ** 2)[mask].mean())
-        points.append({"quality": q, "bits_per_image": 8.0 * len(data) / N, "mse": mse, "psnr_db": psnr(mse, num_levels)})
-    return points
-
-
-@register_evaluator("lossy", config=LossyConfig, order=41)
-def evaluate_lossy(ctx, cfg: LossyConfig) -> dict | None:
-    model = ctx.model
-    if not model.lossy:
-        return None
-    x = ctx.dataset.test.x
-    L = ctx.dataset.info.num_levels
-    rates, sq = [], []
-    with torch.no_grad():
-        for i in range(0, len(x), cfg.batch_size):
-            xb = x[i : i + cfg.batch_size].to(ctx.device)
-            rates.append(model.latent_rate_nats(xb).double().cpu())  # (B,) nats
-            rec = model.reconstruct(xb).double().cpu()  # (B, C, H, W) level units
-            sq.append(((rec - xb.double().cpu()) ** 2).flatten(1).mean(1))  # (B,) per-image MSE
-    rate_bits = float(torch.cat(rates).mean()) / LOG2
-    mse = float(torch.cat(sq).mean())
-    return {
-        "rate_bits_per_image": rate_bits,
-        "rate_bpd": rate_bits / ctx.dataset.info.num_dims,
-        "mse": mse,
-        "psnr_db": psnr(mse, L),
-        "rate_kind": "KL(q(z|x) || p(z)) in bits (relative-entropy / bits-back rate; no bitstream)",
-        "beta": getattr(ctx.run.hparams, "beta", None),
-        "jpeg": jpeg_points(x, L, cfg.jpeg_qualities),
-    }
-
-
-# ------------------------------------------------------------------------- normalisation on a toy space
-# A code's lengths ℓ(x) = −log₂ p(x) are realisable (Kraft) iff Σ_x p(x) ≤ 1, and waste nothing iff Σ_x p(x) = 1:
-# a family that claims an exact likelihood must normalise. On a space small enough to enumerate every image
-# (3 levels on 1×2×2: 81 images) we sum exp(log_prob) over all of them — for a freshly initialised model with the
-# family's default config and for one with the trained run's config (trained weights do not fit the toy shape;
-# normalisation is a property of the architecture, not of the weights). Bound families must give Σ ≤ 1.
-@dataclass
-class NormalisationConfig:
-    spaces: list[list[int]] = field(default_factory=lambda: [[1, 2, 2, 3], [1, 4, 4, 2]])  # [C, H, W, levels], first that builds
-    bound_repeats: int = 4  # stochastic bounds (ELBO, VLB) are averaged over this many draws per image
-    iwae_k: int = 256  # importance samples for the IWAE-k sum (supports_iwae families)
-
-    def validate(self):
-        if any(len(s) != 4 or min(s) < 1 or s[3] < 2 for s in self.spaces):
-            raise ValueError(f"spaces must be [C, H, W, levels] with levels ≥ 2, got {self.spaces}")
-        if self.bound_repeats < 1 or self.iwae_k < 1:
-            raise ValueError("bound_repeats and iwae_k must be ≥ 1")
-
-
-def enumerate_images(shape: tuple[int, int, int], num_levels: int) -> torch.Tensor:
-    """Every image of ``shape`` with values 0..L−1: (L^D, C, H, W) int64, the first dimension varying slowest."""
-    D = shape[0] * shape[1] * shape[2]
-    grids = torch.cartesian_prod(*[torch.arange(num_levels)] * D) if D > 1 else torch.arange(num_levels)[:, None]
-    return grids.reshape(-1, *shape).long()
-
-
-@torch.no_grad()
-def total_probability(model, *, bound_repeats: int = 1, iwae_k: int = 0, batch_size: int = 4096) -> dict:
-    """Σ_x exp(log_prob(x)) over every image of ``model.info`` (and Σ exp(IWAE-k) with ``iwae_k``), in float64.
-
-    ``bound_repeats`` > 1 averages a stochastic bound's log-value over draws before exponentiating (the ELBO is
-    an expectation; one draw can exceed log p(x)), so ``sum_p`` ≤ 1 for a valid bound. ``sum_p_iwae`` is not a
-    bound: exp(IWAE-k) is an unbiased, heavy-tailed estimate of p(x), so its sum estimates Σp = 1 (noisily).
-    """
-    x = enumerate_images(model.info.shape, model.info.num_levels)
-    log_p, log_iwae = [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(model.device)
-        draws = torch.stack([model.log_prob(xb).double().cpu() for _ in range(bound_repeats)])  # (R, B)
-        log_p.append(draws.mean(0))
-        if iwae_k:
-            log_iwae.append(model.log_prob_iwae(xb, iwae_k).double().cpu())
-    out = {"num_images": len(x), "sum_p": float(torch.cat(log_p).exp().sum())}
-    if iwae_k:
-        out["sum_p_iwae"] = float(torch.cat(log_iwae).exp().sum())
-    return out
-
-
-@register_evaluator("normalisation", config=NormalisationConfig, order=15)
-def evaluate_normalisation(ctx, cfg: NormalisationConfig) -> dict | None:
-    """Σp over an enumerable toy space for the family's default config and for the run's config."""
-    from ..data import DatasetInfo
-
-    cls = type(ctx.model)
-    if cls.likelihood is Likelihood.NONE:
-        return None
-    bound = cls.likelihood is Likelihood.BOUND
-    out: dict = {"type": cls.likelihood.value}
-    for label, hparams in (("fresh_default", cls.Config()), ("fresh_run_config", ctx.model.cfg)):
-        if label == "fresh_run_config" and hparams == cls.Config():
-            out[label] = {**out["fresh_default"], "same_as": "fresh_default"}  # the run uses the defaults
-            continue
-        errors = []
-        for C, H, W, L in cfg.spaces:
-            info = DatasetInfo(f"toy-{C}x{H}x{W}-{L}", (C, H, W), L, 1, "every image of a tiny space")
-            try:
-                model = cls(hparams, info).to(ctx.device).eval()
-            except Exception as err:  # an architecture that cannot be built this small; try the next space
-                errors.append(f"{C}x{H}x{W}/{L}: {type(err).__name__}: {err}")
-                continue
-            res = total_probability(model, bound_repeats=cfg.bound_repeats if bound else 1,
-                                    iwae_k=cfg.iwae_k if cls.supports_iwae else 0)
-            out[label] = {"space": [C, H, W, L], **res}
-            break
-        else:
-            out[label] = {"space": None, "error": "; ".join(errors)}
+    out.coded = True
+    out.coded_bits = int(res["coded_bits"])
+    out.coded_bpd, out.ideal_bpd = res["coded_bits"] / (N * D), res["ideal_bits"] / (N * D)
+    out.round_trip_exact, out.verified_images = bool(res["round_trip_exact"]), int(res["verified_images"])
     return out

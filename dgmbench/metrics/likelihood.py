@@ -1,108 +1,133 @@
-"""Test-split likelihood on the data's own discrete levels, in nats/image and bits/dim.
+"""Test likelihood on the data's own discrete levels, in nats/image and bits/dim (evaluator ``likelihood``).
 
-Exact families report log p(x). Bound families report their training bound (ELBO, dequantised bound, VLB) and,
-where the family supports it, the importance-weighted bound IWAE-k, repeated ``iwae_repeats`` times with
-independent samples; the reported estimate is the mean over repeats and its standard error is the spread of
-the repeats (sd / √repeats). ``sem_images_nats`` is the standard error of the test mean over images.
+Exact families report log p(x). Bound families report their own bound (ELBO, dequantised bound, VLB) and, where
+the family supports it (``supports_iwae``), an importance-weighted bound with k samples — IWAE-k for the VAEs
+(Burda et al. 2016), the importance-weighted VLB over k forward trajectories for diffusion (the model names it,
+``iwae_estimator``). ``nll_nats`` is always the tightest estimate measured, and ``estimator`` says which it is.
 
-``max_images`` scores a fixed random subset of the test split instead of all of it (the same images for every
-model and seed of a dataset): on the 28×28 grid the bounds that cost many network passes per image (the
-diffusion VLB, IWAE-k) would otherwise dominate the evaluation. ``num_test`` records how many were scored.
+Every stochastic estimate carries its standard error. With R independent repeats of the per-image estimates
+ℓ_{r,i} (R × N), the estimator's own noise in the mean over images is
+
+    s.e. = √( mean_i s_i² / (N R) ),   s_i² = sample variance of ℓ_{·,i} over the repeats,
+
+which needs only R ≥ 2 (the per-image variances are averaged over all N images, not over R means). Exact
+likelihoods are deterministic: s.e. 0, one repeat. ``sem_images_nats`` is the other uncertainty, the standard
+error of the mean over the test images themselves.
+
+Two trivial baselines on the same images, with no model at all, so that a family that learnt less than a
+histogram is seen: the **uniform** distribution over the L levels (D log L nats/image), and the **per-pixel
+histogram**: each dimension's categorical distribution of the levels counted on the training split, with add-one
+(Laplace) smoothing, dimensions independent.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ..distributions import nats_to_bits_per_dim
 from ..models.base import Likelihood
-from . import register_evaluator
+from . import Result, batched, register_evaluator
 
 
 @dataclass
 class LikelihoodConfig:
-    iwae_k: int = 1000  # importance samples per image for the IWAE-k bound
-    iwae_repeats: int = 3  # independent repeats of the IWAE estimate (its standard error)
+    iwae_k: int = 1000  # importance samples per image for the importance-weighted bound
+    iwae_k_overrides: dict[str, int] = field(default_factory=lambda: {"diffusion": 16})  # per family (registered name)
+    iwae_repeats: int = 3  # independent repeats of the importance-weighted estimate (its standard error)
+    bound_repeats: int = 2  # independent repeats of a stochastic single-sample bound (its standard error)
     batch_size: int = 256  # test images per forward pass
-    max_images: int = 0  # score a fixed random subset of n test images (same for every model and seed); 0 = all
 
     def validate(self):
-        if self.iwae_k < 1 or self.iwae_repeats < 1 or self.batch_size < 1:
-            raise ValueError("iwae_k, iwae_repeats and batch_size must be ≥ 1")
-        if self.max_images < 0:
-            raise ValueError(f"max_images must be ≥ 0 (0 = the whole test split), got {self.max_images}")
+        if min(self.iwae_k, self.iwae_repeats, self.bound_repeats, self.batch_size) < 1:
+            raise ValueError("iwae_k, iwae_repeats, bound_repeats and batch_size must be ≥ 1")
+        if any(not isinstance(k, int) or k < 1 for k in self.iwae_k_overrides.values()):
+            raise ValueError(f"iwae_k_overrides must map model names to k ≥ 1, got {self.iwae_k_overrides}")
 
 
-def fixed_rng(seed: int, purpose: str) -> np.random.Generator:
-    """A generator for one purpose ("in", "noise", "mnist5k", ...), independent of which other sets exist."""
-    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
+@dataclass
+class LikelihoodResult(Result):
+    type: str  # what the family declares: exact | bound | none
+    estimator: str  # what nll_nats is: exact, ELBO, IWAE-1000, dequantised bound, VLB, IW-VLB-16, ...; none
+    nll_nats: float | None  # mean over the test images of −log p(x) or of the bound, nats/image
+    nll_bpd: float | None  # the same in bits/dim: nats / (D ln 2)
+    stderr_nats: float | None  # s.e. of nll_nats from the estimator's randomness (0: deterministic; None: 1 repeat)
+    repeats: int  # independent repeats behind stderr_nats
+    sem_images_nats: float | None  # standard error of the mean over the test images
+    bound_estimator: str | None  # the family's own single-sample bound, when nll_nats is a tighter estimator
+    bound_nats: float | None  # −(that bound), nats/image (e.g. −ELBO beside IWAE-k)
+    bound_stderr_nats: float | None  # its standard error from its repeats
+    bound_gap_nats: float | None  # bound_nats − nll_nats ≥ 0: what the tighter estimator gained
+    iwae_k: int | None  # importance samples of the tighter estimator
+    num_images: int  # test images scored (the context's test subset)
+    images_sha1: str  # their index hash (metrics.json's test_subset)
+    num_dims: int  # D
+    num_levels: int  # L
+    uniform_nll_nats: float  # baseline: uniform over the levels, D ln L
+    histogram_nll_nats: float  # baseline: per-pixel histogram of the training split (add-one), same images
 
 
-def subsample(x: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
-    """At most ``n`` rows of ``x``, a uniform random subset without replacement (all of them if len ≤ n)."""
-    if len(x) <= n:
-        return x
-    return x[torch.from_numpy(np.sort(rng.choice(len(x), size=n, replace=False)))]
-
-
-@torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Apply ``fn`` to ``x`` in batches on ``device``; concatenate the (B,) results on the CPU."""
-    return torch.cat([fn(x[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(x), batch_size)])
-
-
-def summarize_nll(log_p: torch.Tensor, num_dims: int) -> dict:
-    """Per-image log-probabilities (N,) → mean NLL in nats and bits/dim, with the standard error over images."""
-    nll = -log_p
-    n = len(nll)
-    sem = float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+def nll_summary(per_image: torch.Tensor, stochastic: bool = True) -> tuple[float, float | None, float]:
+    """(R, N) per-image log-probabilities from R repeats → (mean NLL, estimator s.e., s.e. over images), nats.
+    The estimator's s.e. is 0 for a deterministic value and None (not estimable) for one repeat of a stochastic one."""
+    R, N = per_image.shape
+    nll = -per_image.double()
     mean = float(nll.mean())
-    return {"nll_nats": mean, "nll_bpd": float(nats_to_bits_per_dim(mean, num_dims)), "sem_images_nats": sem}
+    if not stochastic:
+        stderr = 0.0
+    else:
+        stderr = float((nll.var(0, unbiased=True).mean() / (N * R)).sqrt()) if R > 1 else None
+    sem = float(nll.mean(0).std(unbiased=True) / math.sqrt(N)) if N > 1 else 0.0
+    return mean, stderr, sem
 
 
-@register_evaluator("likelihood", config=LikelihoodConfig, order=10)
-def evaluate_likelihood(ctx, cfg: LikelihoodConfig) -> dict | None:
-    model = ctx.model
+def histogram_log_prob(train_x: torch.Tensor, x: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """(N,) log-probability of ``x`` under independent per-dimension categoricals fitted on ``train_x`` with add-one
+    smoothing: p_d(v) = (count_d(v) + 1) / (N_train + L)."""
+    flat_train = train_x.flatten(1).long()  # (M, D)
+    M, D = flat_train.shape
+    counts = torch.zeros(D, num_levels, dtype=torch.float64)
+    counts.scatter_add_(1, flat_train.T, torch.ones(D, M, dtype=torch.float64))
+    log_p = (counts + 1).log() - math.log(M + num_levels)  # (D, L)
+    return log_p.gather(1, x.flatten(1).long().T).sum(0)  # (N,)
+
+
+@register_evaluator("likelihood", config=LikelihoodConfig, result=LikelihoodResult)
+def evaluate_likelihood(ctx, cfg: LikelihoodConfig) -> LikelihoodResult:
+    model, info, x = ctx.model, ctx.dataset.info, ctx.test_x
+    D, L = info.num_dims, info.num_levels
+    baselines = dict(
+        num_images=len(x), images_sha1=ctx.subset.indices_sha1, num_dims=D, num_levels=L,
+        uniform_nll_nats=D * math.log(L),
+        histogram_nll_nats=float(-histogram_log_prob(ctx.dataset.train.x, x, L).mean()),
+    )
+    none = dict(nll_nats=None, nll_bpd=None, stderr_nats=None, repeats=0, sem_images_nats=None, bound_estimator=None,
+                bound_nats=None, bound_stderr_nats=None, bound_gap_nats=None, iwae_k=None)
     if model.likelihood is Likelihood.NONE:
-        return {"type": "none", "estimator": "none"}
-    x = ctx.dataset.test.x
-    num_split = len(x)
-    if cfg.max_images:
-        x = subsample(x, cfg.max_images, fixed_rng(0, "likelihood-test"))
-    D = ctx.dataset.info.num_dims
-    base = summarize_nll(batched(model.log_prob, x, cfg.batch_size, ctx.device), D)
-    out = {
-        "type": model.likelihood.value,
-        "estimator": model.estimator,
-        **base,
-        "stderr_nats": 0.0,
-        "num_test": len(x),
-        "num_test_split": num_split,
-        "num_dims": D,
-        "num_levels": ctx.dataset.info.num_levels,
-    }
-    if model.likelihood is Likelihood.BOUND:
-        out["bound_nats"] = base["nll_nats"]  # the family's own bound (e.g. −ELBO)
+        return LikelihoodResult(type="none", estimator="none", **none, **baselines)
+
+    def repeats(fn, n: int) -> torch.Tensor:  # (n, N) per-image log-probabilities, the first one shared
+        return torch.stack([fn(r) for r in range(n)])
+
+    stochastic = model.likelihood is Likelihood.BOUND
+    own = repeats(lambda r: ctx.test_log_prob(cfg.batch_size) if r == 0 else
+                  batched(model.log_prob, x, cfg.batch_size, ctx.device), cfg.bound_repeats if stochastic else 1)
+    mean, stderr, sem = nll_summary(own, stochastic)
+    out = LikelihoodResult(type=model.likelihood.value, estimator=model.estimator, nll_nats=mean,
+                           nll_bpd=float(nats_to_bits_per_dim(mean, D)), stderr_nats=stderr, repeats=len(own),
+                           sem_images_nats=sem, bound_estimator=None, bound_nats=None, bound_stderr_nats=None,
+                           bound_gap_nats=None, iwae_k=None, **baselines)
     if model.supports_iwae:
-        repeats = []
-        for r in range(cfg.iwae_repeats):
-            fn = lambda xb: model.log_prob_iwae(xb, cfg.iwae_k)  # noqa: E731
-            repeats.append(summarize_nll(batched(fn, x, cfg.batch_size, ctx.device), D))
-        means = torch.tensor([r["nll_nats"] for r in repeats], dtype=torch.float64)
-        mean = float(means.mean())
-        out.update(
-            estimator=f"IWAE-{cfg.iwae_k}",
-            nll_nats=mean,
-            nll_bpd=float(nats_to_bits_per_dim(mean, D)),
-            stderr_nats=float(means.std(unbiased=True) / math.sqrt(len(means))) if len(means) > 1 else 0.0,
-            sem_images_nats=repeats[0]["sem_images_nats"],
-            iwae_k=cfg.iwae_k,
-            iwae_repeats=cfg.iwae_repeats,
-            elbo_iwae_gap_nats=out["bound_nats"] - mean,
-        )
+        k = cfg.iwae_k_overrides.get(getattr(model, "name", ""), cfg.iwae_k)
+        iw = repeats(lambda r: batched(lambda xb: model.log_prob_iwae(xb, k), x, cfg.batch_size, ctx.device),
+                     cfg.iwae_repeats)
+        iw_mean, iw_stderr, iw_sem = nll_summary(iw)
+        out.bound_estimator, out.bound_nats, out.bound_stderr_nats = model.estimator, mean, stderr
+        out.estimator = f"{getattr(model, 'iwae_estimator', 'IWAE')}-{k}"
+        out.nll_nats, out.nll_bpd = iw_mean, float(nats_to_bits_per_dim(iw_mean, D))
+        out.stderr_nats, out.repeats, out.sem_images_nats, out.iwae_k = iw_stderr, len(iw), iw_sem, k
+        out.bound_gap_nats = mean - iw_mean
     return out
+

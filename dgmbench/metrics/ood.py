@@ -38,8 +38,7 @@ from scipy.stats import rankdata
 from ..data import DatasetUnavailable, dataset_info, list_datasets, load_dataset
 from ..distributions import nats_to_bits_per_dim
 from ..models.base import Likelihood
-from . import register_evaluator
-from .likelihood import batched, fixed_rng, subsample
+from . import Result, batched, fixed_rng, register_evaluator, subsample
 
 TRANSFORMS = ("noise", "constant", "hflip")
 SCORES = ("likelihood", "typicality", "complexity")
@@ -49,7 +48,6 @@ SAME_SOURCE = ({"mnist", "mnist5k"},)
 
 @dataclass
 class OODConfig:
-    max_images: int = 2000  # in-distribution test images scored (fixed subsample); each OOD set gets at most as many
     num_entropy: int = 2000  # images of `entropy_split` whose mean NLL estimates the entropy Ĥ (typicality test)
     entropy_split: Literal["train", "val"] = "train"  # split for Ĥ: "train" (Nalisnick et al.) or "val"
     typicality_batch: int = 5  # M, images per batch in the typicality test
@@ -59,8 +57,8 @@ class OODConfig:
     seed: int = 0  # seed of the subsamples, transforms and typicality batches (the same for every run)
 
     def validate(self):
-        if min(self.max_images, self.num_entropy, self.typicality_batch, self.batch_size) < 1:
-            raise ValueError("max_images, num_entropy, typicality_batch and batch_size must be ≥ 1")
+        if min(self.num_entropy, self.typicality_batch, self.batch_size) < 1:
+            raise ValueError("num_entropy, typicality_batch and batch_size must be ≥ 1")
         unknown = sorted(set(self.transforms) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"unknown transform {unknown[0]!r}; valid transforms: {', '.join(TRANSFORMS)}")
@@ -171,7 +169,40 @@ def same_shape_datasets(name: str) -> list[str]:
     ]
 
 
-def detection_scores(in_set: dict, ood_set: dict, entropy_bpd: float, cfg: OODConfig) -> dict:
+@dataclass
+class OODScore(Result):
+    auroc: float  # P(s_OOD > s_in) + ½ P(tie); positive class = OOD
+    fpr95: float  # fraction of in-distribution images flagged at the threshold that catches 95% of the OOD set
+    num_in: int  # scores of the in-distribution side (images, or typicality batches)
+    num_ood: int
+
+
+@dataclass
+class OODSet(Result):
+    kind: str  # "transform" (of the test subset) or "dataset"
+    num_images: int
+    nll_bpd_mean: float  # mean NLL (or bound) of the OOD images, bits/dim
+    png_bpd_mean: float  # mean PNG bits/dim of the OOD images
+    scores: dict[str, OODScore]  # likelihood / typicality / complexity
+
+
+@dataclass
+class OODResult(Result):
+    estimator: str  # what log_prob is (exact, ELBO, ...)
+    positive_class: str
+    num_in: int  # in-distribution images: the context's test subset
+    images_sha1: str  # its index hash
+    in_nll_bpd_mean: float
+    in_png_bpd_mean: float
+    entropy_bpd: float  # Ĥ: mean NLL of num_entropy images of entropy_split (typicality test), bits/dim
+    entropy_split: str
+    num_entropy: int
+    typicality_batch: int  # M
+    sets: dict[str, OODSet]
+    skipped: dict[str, str]  # OOD sets not available here, with the reason
+
+
+def detection_scores(in_set: dict, ood_set: dict, entropy_bpd: float, cfg: OODConfig) -> dict[str, OODScore]:
     """AUROC and FPR95 of each score for one (in-distribution, OOD) pair of per-image NLL/PNG arrays."""
     out = {}
     for score in SCORES:
@@ -182,13 +213,13 @@ def detection_scores(in_set: dict, ood_set: dict, entropy_bpd: float, cfg: OODCo
         else:
             s_in = typicality_scores(in_set["nll_bpd"], entropy_bpd, cfg.typicality_batch, cfg.seed)
             s_ood = typicality_scores(ood_set["nll_bpd"], entropy_bpd, cfg.typicality_batch, cfg.seed + 1)
-        out[score] = {"auroc": auroc(s_in, s_ood), "fpr95": fpr_at_tpr(s_in, s_ood), "num_in": len(s_in), "num_ood": len(s_ood)}
+        out[score] = OODScore(auroc(s_in, s_ood), fpr_at_tpr(s_in, s_ood), len(s_in), len(s_ood))
     return out
 
 
 # ------------------------------------------------------------------------------------------------- evaluator
-@register_evaluator("ood", config=OODConfig, order=70)
-def evaluate_ood(ctx, cfg: OODConfig) -> dict | None:
+@register_evaluator("ood", config=OODConfig, result=OODResult)
+def evaluate_ood(ctx, cfg: OODConfig) -> OODResult | None:
     """OOD detection by every score, against every available OOD set; None for families without a likelihood."""
     model = ctx.model
     if model.likelihood is Likelihood.NONE:
@@ -196,12 +227,13 @@ def evaluate_ood(ctx, cfg: OODConfig) -> dict | None:
     info = ctx.dataset.info
     D = info.num_dims
 
-    def score_images(x: torch.Tensor) -> dict:
-        nll_nats = -batched(model.log_prob, x, cfg.batch_size, ctx.device).numpy()  # (N,)
-        return {"nll_bpd": nats_to_bits_per_dim(nll_nats, D), "png_bpd": png_bits(x) / D}
+    def score_images(x: torch.Tensor, log_p: torch.Tensor | None = None) -> dict:
+        if log_p is None:
+            log_p = batched(model.log_prob, x, cfg.batch_size, ctx.device)
+        return {"nll_bpd": nats_to_bits_per_dim(-log_p.numpy(), D), "png_bpd": png_bits(x) / D}
 
-    x_in = subsample(ctx.dataset.test.x, cfg.max_images, fixed_rng(cfg.seed, "in"))
-    in_set = score_images(x_in)
+    x_in = ctx.test_x  # the fixed test subset; its log-probs are shared with the likelihood evaluator
+    in_set = score_images(x_in, ctx.test_log_prob(cfg.batch_size))
     x_ent = subsample(ctx.dataset.split(cfg.entropy_split).x, cfg.num_entropy, fixed_rng(cfg.seed, "entropy"))
     entropy_bpd = float(score_images(x_ent)["nll_bpd"].mean())
 
@@ -220,23 +252,12 @@ def evaluate_ood(ctx, cfg: OODConfig) -> dict | None:
     sets = {}
     for name, x_ood in candidates.items():
         ood = score_images(x_ood)
-        sets[name] = {
-            "kind": "transform" if name in TRANSFORMS else "dataset",
-            "num_images": len(x_ood),
-            "nll_bpd_mean": float(np.mean(ood["nll_bpd"])),
-            "png_bpd_mean": float(np.mean(ood["png_bpd"])),
-            "scores": detection_scores(in_set, ood, entropy_bpd, cfg),
-        }
-    return {
-        "estimator": model.estimator,  # what log_prob is (exact, ELBO, ...)
-        "positive_class": "ood",
-        "num_in": len(x_in),
-        "in_nll_bpd_mean": float(np.mean(in_set["nll_bpd"])),
-        "in_png_bpd_mean": float(np.mean(in_set["png_bpd"])),
-        "entropy_bpd": entropy_bpd,
-        "entropy_split": cfg.entropy_split,
-        "num_entropy": len(x_ent),
-        "typicality_batch": cfg.typicality_batch,
-        "sets": sets,
-        "skipped": skipped,
-    }
+        sets[name] = OODSet(kind="transform" if name in TRANSFORMS else "dataset", num_images=len(x_ood),
+                            nll_bpd_mean=float(np.mean(ood["nll_bpd"])), png_bpd_mean=float(np.mean(ood["png_bpd"])),
+                            scores=detection_scores(in_set, ood, entropy_bpd, cfg))
+    return OODResult(
+        estimator=model.estimator, positive_class="ood", num_in=len(x_in), images_sha1=ctx.subset.indices_sha1,
+        in_nll_bpd_mean=float(np.mean(in_set["nll_bpd"])), in_png_bpd_mean=float(np.mean(in_set["png_bpd"])),
+        entropy_bpd=entropy_bpd, entropy_split=cfg.entropy_split, num_entropy=len(x_ent),
+        typicality_batch=cfg.typicality_batch, sets=sets, skipped=skipped,
+    )

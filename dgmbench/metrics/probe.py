@@ -24,14 +24,15 @@ Protocol (recorded with the numbers in ``probe.protocol``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from . import register_evaluator
-from .likelihood import batched
+from . import Result, register_evaluator
+from . import batched
 
 
 @dataclass
@@ -129,21 +130,72 @@ def probe_features(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], 
         return _probe_features(feats, labels, cfg)
 
 
-def _probe_features(feats, labels, cfg: ProbeConfig) -> dict:
+@dataclass
+class ProbeScores(Result):
+    feature_dim: int  # F, width of the features
+    linear_test_acc: float  # test accuracy of logistic regression on all training labels, C chosen on val
+    linear_test_stderr: float  # binomial standard error of that accuracy over the test images
+    linear_val_acc: float
+    linear_C: float
+    linear_converged: bool
+    knn_acc: float  # test accuracy of k-NN on all training labels
+    low_test_acc: float  # test accuracy of logistic regression on the low-label subset, C by stratified CV
+    low_test_stderr: float
+    low_cv_acc: float
+    low_C: float
+    low_converged: bool
+    knn_low_acc: float  # k-NN on the low-label subset
+
+
+def binomial_stderr(acc: float, n: int) -> float:
+    """√(p(1 − p)/n): standard error of an accuracy measured on n independent test images."""
+    return math.sqrt(acc * (1 - acc) / n) if n > 0 else math.nan
+
+
+def _probe_features(feats, labels, cfg: ProbeConfig) -> ProbeScores:
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(feats["train"])
     f = {s: scaler.transform(v) for s, v in feats.items()}
     y = labels
     lab = label_subset(y["train"], cfg.labels_per_class, cfg.subset_seed)
-    return {
-        "feature_dim": int(f["train"].shape[1]),
-        "linear": linear_probe(f["train"], y["train"], f["val"], y["val"], f["test"], y["test"], cfg.c_grid, cfg.max_iter),
-        "knn_acc": knn_accuracy(f["train"], y["train"], f["test"], y["test"], cfg.k),
-        "linear_low": linear_probe_cv(f["train"][lab], y["train"][lab], f["test"], y["test"], cfg.c_grid,
-                                      cfg.max_iter, cfg.cv_folds, cfg.subset_seed),
-        "knn_low_acc": knn_accuracy(f["train"][lab], y["train"][lab], f["test"], y["test"], cfg.k),
-    }
+    n_test = len(y["test"])
+    full = linear_probe(f["train"], y["train"], f["val"], y["val"], f["test"], y["test"], cfg.c_grid, cfg.max_iter)
+    low = linear_probe_cv(f["train"][lab], y["train"][lab], f["test"], y["test"], cfg.c_grid, cfg.max_iter,
+                          cfg.cv_folds, cfg.subset_seed)
+    return ProbeScores(
+        feature_dim=int(f["train"].shape[1]),
+        linear_test_acc=full["test_acc"], linear_test_stderr=binomial_stderr(full["test_acc"], n_test),
+        linear_val_acc=full["val_acc"], linear_C=full["C"], linear_converged=full["converged"],
+        knn_acc=knn_accuracy(f["train"], y["train"], f["test"], y["test"], cfg.k),
+        low_test_acc=low["test_acc"], low_test_stderr=binomial_stderr(low["test_acc"], n_test), low_cv_acc=low["cv_acc"],
+        low_C=low["C"], low_converged=low["converged"],
+        knn_low_acc=knn_accuracy(f["train"][lab], y["train"][lab], f["test"], y["test"], cfg.k),
+    )
+
+
+@dataclass
+class ProbeProtocol(Result):
+    c_grid: list[float]
+    c_selection: str
+    standardisation: str
+    knn_k: int
+    knn_metric: str
+    labels_per_class: int
+    subset_seed: int
+    num_train: int
+    num_low_label: int
+    num_val: int
+    num_test: int
+    random_init_seed: int | None
+
+
+@dataclass
+class ProbeResult(ProbeScores):
+    representation: str  # what embed() returns
+    raw_pixels: ProbeScores  # the same probes on the raw pixels (a property of the data only)
+    random_init: ProbeScores | None  # on an untrained twin (same architecture and Config)
+    protocol: ProbeProtocol
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +203,10 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ evaluator
-@register_evaluator("probe", config=ProbeConfig, order=60)
-def evaluate_probe(ctx, cfg: ProbeConfig) -> dict | None:
+# The one evaluator that does not score the context's fixed test subset: a probe needs the labels and a validation
+# split, and its protocol (the first num_train / num_eval images of each split) is recorded in its result.
+@register_evaluator("probe", config=ProbeConfig, result=ProbeResult)
+def evaluate_probe(ctx, cfg: ProbeConfig) -> ProbeResult | None:
     model = ctx.model
     if not model.can_embed:
         return None
@@ -164,31 +218,28 @@ def evaluate_probe(ctx, cfg: ProbeConfig) -> dict | None:
     xs = {s: sp.x[: first[s]] for s, sp in splits.items()}
     labels = {s: sp.y[: first[s]].numpy() for s, sp in splits.items()}
 
-    def run_probe(embed) -> dict:
+    def run_probe(embed) -> ProbeScores:
         feats = {s: extract_features(embed, x, cfg.batch_size, ctx.device) for s, x in xs.items()}
         return probe_features(feats, labels, cfg, threads=ctx.run.threads)
 
     model.eval()
-    out = {"representation": model.embed_note, **run_probe(model.embed)}
-    out["raw_pixels"] = run_probe(_pixels)
+    ours = run_probe(model.embed)
+    random_init = None
     if not model.closed_form:
         # The same architecture and Config, untrained, under a fixed seed (restoring the RNG afterwards).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.random_init_seed + ctx.run.seed)
             fresh = get_model(ctx.run.model, ds.info, **dataclasses.asdict(ctx.run.hparams)).to(ctx.device).eval()
-        out["random_init"] = run_probe(fresh.embed)
-    out["protocol"] = {
-        "c_grid": list(cfg.c_grid),
-        "c_selection": "val accuracy (full labels); stratified CV on the labelled subset (low-label)",
-        "standardisation": "per-feature mean/sd of the training features",
-        "knn_k": cfg.k,
-        "knn_metric": "euclidean on standardised features",
-        "labels_per_class": cfg.labels_per_class,
-        "subset_seed": cfg.subset_seed,
-        "num_train": len(xs["train"]),
-        "num_low_label": len(label_subset(labels["train"], cfg.labels_per_class, cfg.subset_seed)),
-        "num_val": len(xs["val"]),
-        "num_test": len(xs["test"]),
-        "random_init_seed": None if model.closed_form else cfg.random_init_seed + ctx.run.seed,
-    }
-    return out
+        random_init = run_probe(fresh.embed)
+    protocol = ProbeProtocol(
+        c_grid=[float(c) for c in cfg.c_grid],
+        c_selection="val accuracy (full labels); stratified CV on the labelled subset (low-label)",
+        standardisation="per-feature mean/sd of the training features",
+        knn_k=cfg.k, knn_metric="euclidean on standardised features",
+        labels_per_class=cfg.labels_per_class, subset_seed=cfg.subset_seed, num_train=len(xs["train"]),
+        num_low_label=len(label_subset(labels["train"], cfg.labels_per_class, cfg.subset_seed)),
+        num_val=len(xs["val"]), num_test=len(xs["test"]),
+        random_init_seed=None if model.closed_form else cfg.random_init_seed + ctx.run.seed,
+    )
+    return ProbeResult(**dataclasses.asdict(ours), representation=model.embed_note,
+                       raw_pixels=run_probe(_pixels), random_init=random_init, protocol=protocol)

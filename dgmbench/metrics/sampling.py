@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import DatasetInfo
-from . import register_evaluator
+from . import Result, register_evaluator
 
 
 @dataclass
@@ -83,15 +83,41 @@ def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: 
     return statistics.median(times)
 
 
+@dataclass
+class SizeProbe(Result):
+    shape: list[int]  # (C, H, W) of the probe
+    trained: bool  # the trained model itself (its own size), else a fresh model of the same config
+    passes_per_sample: int | None  # network passes per sample at this size (None: could not be built)
+    samples_per_s: dict[str, float | None]  # batch size → samples per second (median; None: skipped)
+    error: str | None  # why the architecture could not be built at this size
+
+
+@dataclass
+class SamplingResult(Result):
+    passes_per_sample: int  # network passes per sample (the model's declaration)
+    shape: list[int]  # (C, H, W) sampled
+    batch_sizes: list[int]  # batch sizes attempted, in turn
+    samples_per_s: dict[str, float | None]  # batch size → samples per second (median of timed calls; None: skipped)
+    naive_samples_per_s: dict[str, float | None] | None  # the same for the naive sampler (autoregressive families)
+    naive_matches_fast: bool | None  # both samplers drew identical images from one seed
+    by_size: dict[str, SizeProbe]  # "8x8", "28x28" → speed of the same family at that size
+
+    def best(self, naive: bool = False) -> tuple[int | None, float | None]:
+        """(batch size, samples/s) of the largest batch measured (of the naive sampler with ``naive``)."""
+        rates = (self.naive_samples_per_s or {}) if naive else self.samples_per_s
+        done = [(int(n), r) for n, r in rates.items() if r is not None]
+        return max(done) if done else (None, None)
+
+
 def sampler_speed(sample_fn, *, batch_sizes: list[int], repeats: int, budget_seconds: float,
-                  max_call_seconds: float, device="cpu") -> dict:
-    """``batch<n>_samples_per_s`` of ``sample_fn(n)`` for each n of the increasing ``batch_sizes``.
+                  max_call_seconds: float, device="cpu") -> dict[str, float | None]:
+    """Batch size (as a string) → samples/s of ``sample_fn(n)`` for each n of the increasing ``batch_sizes``.
 
     A batch size is skipped (``None``, and so are the larger ones) when the previous measurement, scaled linearly
     to it, predicts one call longer than ``max_call_seconds`` — an upper bound, as batching never makes a
     sample slower — so a slow sampler (an ARM's naive path, diffusion at 28×28) does not blow the time budget.
     """
-    out: dict = {f"batch{n}_samples_per_s": None for n in batch_sizes}
+    out: dict[str, float | None] = {str(n): None for n in batch_sizes}
     prev = None  # (batch size, seconds per call) of the last measurement
     for n in batch_sizes:
         if prev is not None and prev[1] * n / prev[0] > max_call_seconds:
@@ -99,20 +125,9 @@ def sampler_speed(sample_fn, *, batch_sizes: list[int], repeats: int, budget_sec
         # Only the first size gets a warm-up call; the ones after it run on a warm sampler.
         t = time_call(lambda: sample_fn(n), repeats=repeats, budget_seconds=budget_seconds, device=device,
                       warmup=prev is None)
-        out[f"batch{n}_samples_per_s"] = n / t
+        out[str(n)] = n / t
         prev = (n, t)
     return out
-
-
-def best_rate(section: dict, prefix: str = "") -> tuple[int | None, float | None]:
-    """(batch size, samples/s) of the largest batch measured in a ``sampling`` section (or its naive path)."""
-    best = (None, None)
-    for key, value in section.items():
-        if key.startswith(f"{prefix}batch") and key.endswith("_samples_per_s") and value is not None:
-            n = key[len(prefix) + 5 : -len("_samples_per_s")]
-            if n.isdigit() and (best[0] is None or int(n) > best[0]):
-                best = (int(n), value)
-    return best
 
 
 def _seeded(fn, n: int, seed: int, device) -> torch.Tensor:
@@ -128,49 +143,37 @@ def size_probe_info(info: DatasetInfo, size: int) -> DatasetInfo:
 
 
 @torch.no_grad()
-def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -> dict:
-    """The ``sampling`` section for a sampler (the trained model): see the module docstring."""
+def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -> SamplingResult:
+    """The ``sampling`` result for a sampler (the trained model): see the module docstring."""
     model.eval()
-    out: dict = {
-        "passes_per_sample": int(model.sampling_passes),
-        "shape": list(model.info.shape),
-        "batch_sizes": list(cfg.batch_sizes),
-        **sampler_speed(model.sample, batch_sizes=cfg.batch_sizes, repeats=cfg.repeats,
-                        budget_seconds=cfg.measure_seconds, max_call_seconds=cfg.max_call_seconds, device=device),
-    }
+    speed = dict(batch_sizes=cfg.batch_sizes, repeats=cfg.repeats, budget_seconds=cfg.measure_seconds,
+                 max_call_seconds=cfg.max_call_seconds, device=device)
+    out = SamplingResult(passes_per_sample=int(model.sampling_passes), shape=list(model.info.shape),
+                         batch_sizes=list(cfg.batch_sizes), samples_per_s=sampler_speed(model.sample, **speed),
+                         naive_samples_per_s=None, naive_matches_fast=None, by_size={})
     if model.autoregressive:
         # The contract's autoregressive families provide a naive sampler beside the cached one.
         a = _seeded(model.sample, cfg.identity_check_samples, seed, device)
         b = _seeded(model.sample_naive, cfg.identity_check_samples, seed, device)
-        out["naive_matches_fast"] = bool(torch.equal(a.cpu(), b.cpu()))
-        naive = sampler_speed(model.sample_naive, batch_sizes=cfg.batch_sizes, repeats=cfg.repeats,
-                              budget_seconds=cfg.measure_seconds, max_call_seconds=cfg.max_call_seconds,
-                              device=device)
-        out.update({f"naive_{k}": v for k, v in naive.items()})
-
-    sizes = {}
+        out.naive_matches_fast = bool(torch.equal(a.cpu(), b.cpu()))
+        out.naive_samples_per_s = sampler_speed(model.sample_naive, **speed)
     for s in cfg.probe_sizes:
-        key = f"{s}x{s}"
         info = size_probe_info(model.info, s)
-        entry: dict = {"shape": list(info.shape), "trained": info.shape == model.info.shape}
+        trained = info.shape == model.info.shape
         try:
-            probe = model if entry["trained"] else type(model)(model.cfg, info).to(device).eval()
+            probe = model if trained else type(model)(model.cfg, info).to(device).eval()
         except Exception as err:  # an architecture that cannot be built at this size; record, do not fail the run
-            entry.update(passes_per_sample=None, error=f"{type(err).__name__}: {err}",
-                         **{f"batch{n}_samples_per_s": None for n in cfg.probe_batch_sizes})
-            sizes[key] = entry
+            out.by_size[f"{s}x{s}"] = SizeProbe(list(info.shape), trained, None,
+                                                {str(n): None for n in cfg.probe_batch_sizes}, f"{type(err).__name__}: {err}")
             continue
-        entry["passes_per_sample"] = int(probe.sampling_passes)
-        entry.update(sampler_speed(probe.sample, batch_sizes=cfg.probe_batch_sizes, repeats=cfg.repeats,
-                                   budget_seconds=cfg.probe_seconds, max_call_seconds=cfg.max_call_seconds,
-                                   device=device))
-        sizes[key] = entry
-    out["by_size"] = sizes
+        rates = sampler_speed(probe.sample, batch_sizes=cfg.probe_batch_sizes, repeats=cfg.repeats,
+                              budget_seconds=cfg.probe_seconds, max_call_seconds=cfg.max_call_seconds, device=device)
+        out.by_size[f"{s}x{s}"] = SizeProbe(list(info.shape), trained, int(probe.sampling_passes), rates, None)
     return out
 
 
-@register_evaluator("sampling", config=SamplingConfig, order=30)
-def evaluate_sampling(ctx, cfg: SamplingConfig) -> dict | None:
+@register_evaluator("sampling", config=SamplingConfig, result=SamplingResult)
+def evaluate_sampling(ctx, cfg: SamplingConfig) -> SamplingResult | None:
     if not ctx.model.can_sample:
         return None
     return evaluate_sampling_speed(ctx.model, cfg, ctx.device, seed=ctx.run.seed)

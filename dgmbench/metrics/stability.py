@@ -1,20 +1,25 @@
-"""Training stability: pure functions over runs' metrics, and the per-run ``training`` evaluator.
+"""Training stability: pure functions over runs' typed results (the matrix's training column reads these).
 
 Three measurements, each a number in the comparison matrix:
 
 * **seed spread** — coefficient of variation (sample sd / |mean|) over seeds of the final test metric. The metric
-  is the first of :data:`FINAL_METRIC_KEYS` a run reports: test NLL (bits/dim) for likelihood families; for the
-  others the Fréchet distance, the linear-probe accuracy, and as a last resort the final training loss.
-* **divergence** — how many runs the trainer (or the family's ``check_diverged``) marked ``diverged``.
-* **curve roughness** — of the per-epoch training loss L_1..L_T:
+  is the first of :data:`FINAL_METRIC_KEYS` a run reports: the test NLL (bits/dim) for likelihood families, the
+  Fréchet distance of the samples for the other sampling families (the GAN), the linear-probe test accuracy for
+  encoders, and as a last resort the final training loss.
+* **divergence** — how many runs the trainer (or the family's ``check_diverged``) marked ``diverged``, or whose
+  final metric is not finite (a seed whose numbers are NaN counts as failed, never silently dropped).
+* **curve noise** — of the per-epoch training loss L_1..L_T, over its second half (the part where a minimised
+  loss should have settled; at least 4 epochs):
 
-      roughness = mean_t |L_{t+1} − 2 L_t + L_{t−1}| / (max_t L_t − min_t L_t),
+      noise = sd_t(L_{t+1} − 2 L_t + L_{t−1}) / √6  /  mean_t |L_t|.
 
-  the mean absolute second difference in units of the curve's own range (shift- and scale-free). A straight or
-  smoothly decaying curve scores near 0, a loss that zig-zags by its whole range scores 2; the noise of a long
-  converged plateau stays small against the range. On digits: ARM 0.03, VAE/HVAE/flow 0.01, GAN 0.27–0.31.
+  The second difference removes the curve's level and any linear trend (a slow decay contributes only its
+  curvature), and for white noise of sd σ its sd is √6 σ, so the numerator estimates σ; dividing by the level
+  makes it the loss's relative epoch-to-epoch noise. Equal noise on a decaying and on a flat curve at the same
+  level scores the same; a smooth curve scores ≈ 0 (tests/test_stability.py checks both on synthetic curves).
+  The previous "roughness" divided by the curve's range instead, so it measured the curve's shape: the same noise
+  scored 20× higher on a flat curve than on a decaying one.
   Beside it, ``rise_fraction``: the fraction of epochs whose loss rose (informative, not used in verdicts).
-  Minimisation (ARM, flow, VAE) gives smooth curves; an adversarial game (GAN) does not minimise one loss.
 
 The learning-rate sensitivity sweep (``config/lr_sweep.yaml``: ×0.3, ×1, ×3 the family's default) gives
 :func:`lr_sensitivity`: the largest relative change of the final metric across the learning rates.
@@ -25,15 +30,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from . import register_evaluator
 
-# (section, key, lower is better, label) — the final test metric used for the seed spread, first present wins.
+# (section, attribute, lower is better, label) — the final test metric of the seed spread, first present wins.
 FINAL_METRIC_KEYS: tuple[tuple[str, str, bool, str], ...] = (
     ("likelihood", "nll_bpd", True, "test NLL (bits/dim)"),
-    ("fidelity", "fd", True, "Fréchet distance"),
-    ("probe", "accuracy", False, "linear-probe accuracy"),
+    ("sample_quality", "fd", True, "Fréchet distance of samples"),
+    ("probe", "linear_test_acc", False, "linear-probe test accuracy"),
     ("training", "final_train_loss", True, "final training loss"),
 )
+MIN_NOISE_EPOCHS = 4  # the second half of the curve needs this many epochs for a noise estimate
 
 
 def _json_float(v) -> float | None:
@@ -55,30 +60,36 @@ def coefficient_of_variation(values: Iterable[float]) -> float:
     return math.inf if mean == 0 else sd / abs(mean)
 
 
-def final_metric(metrics: dict) -> tuple[str, float] | None:
-    """(label, value) of a run's final test metric (the first of :data:`FINAL_METRIC_KEYS` present), or None."""
-    for section, key, _, label in FINAL_METRIC_KEYS:
-        value = metrics.get(section, {}).get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return label, float(value)
+def final_metric(run) -> tuple[str, float | None] | None:
+    """(label, value) of a run's final test metric: the first of :data:`FINAL_METRIC_KEYS` whose section the run
+    has (``run.results``: name → typed Result). The value is None when that number is missing or not finite — a
+    failed seed, which :func:`seed_stability` counts; None when the run has none of the sections."""
+    for section, attr, _, label in FINAL_METRIC_KEYS:
+        res = run.results.get(section)
+        value = getattr(res, attr, None) if res is not None else None
+        if res is not None and (section != "likelihood" or res.type != "none"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return label, float(value) if ok else None
     return None
 
 
-def diverged_count(runs: Sequence[dict]) -> int:
+def diverged_count(runs: Sequence) -> int:
     """Runs whose training status is not ``ok``."""
-    return sum(1 for r in runs if r.get("run", {}).get("status") != "ok")
+    return sum(1 for r in runs if r.info.status != "ok")
 
 
-def curve_roughness(losses: Sequence[float]) -> float:
-    """Mean |second difference| of a curve divided by its range (module docstring); NaN below three points."""
-    vals = _finite(losses)
-    if len(vals) < 3:
+def curve_noise(losses: Sequence[float]) -> float:
+    """Relative epoch-to-epoch noise of the second half of a curve (module docstring); NaN below
+    :data:`MIN_NOISE_EPOCHS` epochs there or for a curve that is not finite."""
+    vals = [float(v) for v in losses if v is not None]
+    tail = vals[len(vals) // 2 :]
+    if len(tail) < MIN_NOISE_EPOCHS or not all(math.isfinite(v) for v in tail):
         return math.nan
-    span = max(vals) - min(vals)
-    if span == 0:
-        return 0.0
-    d2 = [abs(vals[t + 1] - 2 * vals[t] + vals[t - 1]) for t in range(1, len(vals) - 1)]
-    return sum(d2) / len(d2) / span
+    d2 = [tail[t + 1] - 2 * tail[t] + tail[t - 1] for t in range(1, len(tail) - 1)]
+    mean = sum(d2) / len(d2)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in d2) / (len(d2) - 1)) if len(d2) > 1 else abs(d2[0])
+    level = sum(abs(v) for v in tail) / len(tail)
+    return math.inf if level == 0 else sd / math.sqrt(6.0) / level
 
 
 def rise_fraction(losses: Sequence[float]) -> float:
@@ -89,23 +100,29 @@ def rise_fraction(losses: Sequence[float]) -> float:
     return sum(1 for a, b in zip(vals, vals[1:]) if b > a) / (len(vals) - 1)
 
 
-def seed_stability(runs: Sequence[dict]) -> dict:
-    """Stability summary of one (dataset, model) over its seeds, from the runs' metrics dicts."""
-    ok = [r for r in runs if r.get("run", {}).get("status") == "ok"]
-    finals = [final_metric(r) for r in ok]
-    labels = {f[0] for f in finals if f}
+def seed_stability(runs: Sequence) -> dict:
+    """Stability summary of one (dataset, model) over its seeds (RunRecords with typed results).
+
+    ``num_failed`` counts the runs that diverged *or* finished with a missing/non-finite final metric; ``values``
+    holds the finite final metrics of the others, whose CV is the seed spread."""
+    finals = [final_metric(r) for r in runs]
+    labels = [f[0] for f in finals if f]
     label = next((lab for _, _, _, lab in FINAL_METRIC_KEYS if lab in labels), None)
-    values = [f[1] for f in finals if f and f[0] == label]
-    # Recomputed from the stored curve, so the tables follow this module's definition.
-    rough = _finite(curve_roughness(r["training"]["curve"]["train_loss"]) if "curve" in r.get("training", {})
-                    else r.get("training", {}).get("roughness") for r in runs)
+    values, failed = [], 0
+    for r, f in zip(runs, finals):
+        if r.info.status != "ok" or f is None or f[0] != label or f[1] is None:
+            failed += 1
+        else:
+            values.append(f[1])
+    noise = _finite(curve_noise(r.results["training"].train_loss) for r in runs if "training" in r.results)
     return {
         "num_runs": len(runs),
         "num_diverged": diverged_count(runs),
+        "num_failed": failed,
         "metric": label,
         "values": values,
         "cv": coefficient_of_variation(values),
-        "roughness": sum(rough) / len(rough) if rough else math.nan,
+        "noise": sum(noise) / len(noise) if noise else math.nan,
     }
 
 
@@ -116,24 +133,3 @@ def lr_sensitivity(final_by_multiplier: dict[float, float]) -> float:
     if base is None or not math.isfinite(base) or base == 0 or not others:
         return math.nan
     return max(abs(v - base) for v in others) / abs(base)
-
-
-# ------------------------------------------------------------------------------------------ evaluator
-@register_evaluator("training", order=5)
-def evaluate_training(ctx, cfg) -> dict:
-    """Summary of the training curve (``ctx.record["curve"]``, one row per epoch) and the curve itself."""
-    curve = ctx.record.get("curve", [])
-    loss = [row.get("train_loss") for row in curve]
-    val = [row.get("val_nats") for row in curve]
-    finite_loss = _finite(loss)
-    return {
-        "lr": ctx.run.train.lr,
-        "epochs_run": ctx.record.get("epochs_run"),
-        "best_epoch": ctx.record.get("best_epoch"),
-        "stopped_early": ctx.record.get("stopped_early"),
-        "final_train_loss": finite_loss[-1] if finite_loss else None,
-        "roughness": _json_float(curve_roughness(loss)),
-        "rise_fraction": _json_float(rise_fraction(loss)),
-        "val_roughness": _json_float(curve_roughness(val)),
-        "curve": {"train_loss": [_json_float(v) for v in loss], "val_nats": [_json_float(v) for v in val]},
-    }

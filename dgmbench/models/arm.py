@@ -137,6 +137,7 @@ class GatedLayer(nn.Module):
 @register_model("arm")
 class ARM(GenerativeModel):
     family = "autoregressive (ARM)"
+    loss_name = "NLL (nats/image)"
     description = "ARM: gated PixelCNN (vertical/horizontal stacks, no blind spot), categorical over the levels"
     Config = ARMConfig
     likelihood = Likelihood.EXACT

@@ -10,7 +10,7 @@ declarations; it never probes with ``hasattr``):
 
 Public methods validate their input and call the private ``_log_prob`` / ``_sample`` / ``_embed`` that each
 family implements (the nflows pattern). Every image ``x`` is a tensor of integer levels ``0..L-1`` of shape
-``(B, C, H, W)`` — the data's own discrete values — so every log-probability is on one scale (DESIGN.md).
+``(B, C, H, W)`` — the data's own discrete values — so every log-probability is on one scale (docs/design.md).
 
 Training: the shared trainer calls ``train_step(x, optimizers)``. The default takes one gradient step on
 ``loss(x)``; families with their own update (GAN, contrastive) override ``train_step`` and
@@ -41,6 +41,7 @@ class GenerativeModel(nn.Module):
     name: ClassVar[str] = ""  # set by @register_model
     family: ClassVar[str] = ""  # row label in the comparison tables, e.g. "prescribed (VAE)"
     description: ClassVar[str] = ""  # one line for `dgmbench list`
+    loss_name: ClassVar[str] = "training loss"  # what train_step's "loss" is, with its unit (curves, tables)
     Config: ClassVar[type]  # the family's hyperparameter dataclass
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     estimator: ClassVar[str] = "none"  # how log_prob is obtained: "exact", "ELBO", "dequantised bound", ...
@@ -143,8 +144,9 @@ class GenerativeModel(nn.Module):
         only earlier groups of ``z`` may be read (``discrete_latent`` families). log p(x) = Σ_groups of these."""
         raise TypeError(f"model {self.name!r} has no discrete latent (discrete_latent = False)")
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float reconstruction in level units from the latent code (``lossy`` families)."""
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """(B, C, H, W) float reconstruction in level units from the latent code (``lossy`` families): at the
+        posterior mean, or with ``sample`` at a draw z ~ q(z|x), the latent whose cost ``latent_rate_nats`` is."""
         raise TypeError(f"model {self.name!r} does not reconstruct (lossy = False)")
 
     def latent_rate_nats(self, x: torch.Tensor) -> torch.Tensor:

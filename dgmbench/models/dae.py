@@ -66,6 +66,7 @@ class DAEConfig(BackboneConfig):
 @register_model("dae")
 class DAE(GenerativeModel):
     family = "self-supervised (denoising AE)"
+    loss_name = "denoising reconstruction NLL (nats/image)"
     description = "Denoising auto-encoder: conv encoder, Gaussian / masking / mask-as-input corruption"
     Config = DAEConfig
     can_embed = True

@@ -170,6 +170,7 @@ class GroupPrior(nn.Module):
 @register_model("idf")
 class DiscreteFlow(GenerativeModel):
     family = "flow (discrete, IDF)"
+    loss_name = "NLL (nats/image)"
     description = "Discrete flow: modular integer couplings (Tran et al.; IDF), multiscale factor-out prior; exact, ANS-coded"
     Config = DiscreteFlowConfig
     likelihood = Likelihood.EXACT

@@ -310,6 +310,7 @@ class VariationalDequantizer(nn.Module):
 @register_model("flow")
 class Flow(GenerativeModel):
     family = "flow (RealNVP/Glow)"
+    loss_name = "dequantised NLL bound (nats/image)"
     description = "Flow: RealNVP couplings + Glow actnorm/1×1 conv; uniform or variational dequantisation bound"
     Config = FlowConfig
     likelihood = Likelihood.BOUND

@@ -84,6 +84,7 @@ def split_gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @register_model("hvae")
 class HVAE(GenerativeModel):
     family = "hierarchical VAE"
+    loss_name = "−ELBO (nats/image, β-weighted KL)"
     description = "HVAE: two Gaussian latent layers, ladder inference sharing the top-down path; ELBO, IWAE-k eval"
     Config = HVAEConfig
     likelihood = Likelihood.BOUND
@@ -214,10 +215,12 @@ class HVAE(GenerativeModel):
         mu2, mu1 = self.posterior_means(x)
         return torch.cat([mu1, mu2], dim=1)  # (B, M1 + M2)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder mean at the posterior means: (B, C, H, W) floats in level units (lossy compression)."""
-        _, mu1 = self.posterior_means(self.check_input(x))
-        return self.decoder_dist.mean_image(self.decoder(mu1))
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Decoder mean at the posterior means, or at one draw (z2, z1) ~ q(z1|x, z2) q(z2|x) with ``sample`` (the
+        latents whose cost the KL rate is): (B, C, H, W) floats in level units (lossy compression)."""
+        x = self.check_input(x)
+        z1 = self.sample_posterior(x, 1)["z1"][0] if sample else self.posterior_means(x)[1]
+        return self.decoder_dist.mean_image(self.decoder(z1))
 
     def latent_rate_nats(self, x: torch.Tensor, num_samples: int = 16) -> torch.Tensor:
         """(B,) total KL(q(z1,z2|x) ‖ p(z1,z2)) in nats: KL of z2 in closed form plus the KL of z1 averaged

@@ -56,6 +56,7 @@ class MaskedConfig(BackboneConfig):
 @register_model("masked")
 class MaskedModel(GenerativeModel):
     family = "self-supervised (masked modelling)"
+    loss_name = "masked-pixel NLL (nats/image)"
     description = "Masked modelling: hide random patches, predict their levels from the rest (conv encoder)"
     Config = MaskedConfig
     can_embed = True

@@ -105,6 +105,7 @@ class DiscreteDecoder(nn.Module):
 @register_model("vae")
 class VAE(GenerativeModel):
     family = "prescribed (VAE)"
+    loss_name = "−ELBO (nats/image, β-weighted KL)"
     description = "VAE: MLP Gaussian encoder, categorical decoder over the levels; ELBO training, IWAE-k eval"
     Config = VAEConfig
     likelihood = Likelihood.BOUND
@@ -169,9 +170,12 @@ class VAE(GenerativeModel):
     def _embed(self, x):
         return self.encode(x)[0]
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder mean at z = μ_φ(x): (B, C, H, W) floats in level units (lossy compression)."""
-        return self.decoder_dist.mean_image(self.decoder(self.encode(self.check_input(x))[0]))
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Decoder mean at z = μ_φ(x), or at z ~ q(z|x) with ``sample`` (the z whose cost the KL rate is):
+        (B, C, H, W) floats in level units (lossy compression)."""
+        mu, log_var = self.encode(self.check_input(x))
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu) if sample else mu
+        return self.decoder_dist.mean_image(self.decoder(z))
 
     def latent_rate_nats(self, x: torch.Tensor) -> torch.Tensor:
         mu, log_var = self.encode(self.check_input(x))

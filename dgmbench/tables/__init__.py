@@ -1,7 +1,10 @@
 """results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else.
 
 Each table module registers a builder ``fn(runs, out_dir) -> list[Path]`` with :func:`register_table`;
-``dgmbench tables`` loads every ``metrics.json`` under the runs directory and calls every builder.
+``dgmbench tables`` loads every ``metrics.json`` under the runs directory as a typed
+:class:`~dgmbench.results.RunRecord` (each section parsed by its evaluator's ``Result``) and calls every builder.
+A builder reads attributes of those results, never string keys, and a cell whose input is absent says so
+(:data:`NOT_MEASURED`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from ..metrics import ResultError
 from ..registry import Registry
+from ..results import RunRecord
 
 log = logging.getLogger("dgmbench.tables")
 
@@ -25,16 +30,19 @@ def register_table(name: str):
     return TABLES.register(name)
 
 
-def load_runs(runs_dir: Path) -> list[dict]:
-    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``)."""
+NOT_MEASURED = "not measured"  # a cell whose input section is absent from the runs
+
+
+def load_runs(runs_dir: Path) -> list[RunRecord]:
+    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed."""
     runs = []
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
         try:
-            m = json.loads(path.read_text())
+            runs.append(RunRecord.from_dict(json.loads(path.read_text()), where=path.parent))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); rerun `dgmbench evaluate --run {path.parent}`") from None
-        m["_dir"] = str(path.parent)
-        runs.append(m)
+        except ResultError as err:
+            raise ValueError(f"{path}: {err}") from None
     return runs
 
 
@@ -54,6 +62,16 @@ def fmt_mean_sd(values: Iterable[float], digits: int = 2) -> str:
     return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
+def fmt_stderr(values: Iterable[float | None], digits: int = 3) -> str:
+    """The mean over seeds of per-run standard errors; "0 (exact)" when every one is exactly 0, "—" for none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return "—"
+    if all(v == 0 for v in vals):
+        return "0 (deterministic)"
+    return f"{sum(vals) / len(vals):.{digits}f}"
+
+
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, notes: list[str] = (), tex: bool = False) -> list[Path]:
     """Write ``tables/<name>.csv`` and ``.md`` (and ``.tex``); notes go under the markdown table."""
     tdir = Path(out_dir) / "tables"
@@ -71,12 +89,22 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, notes: list[str] 
     return paths
 
 
-def group_runs(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+def group_runs(runs: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
     """(dataset, model) → runs, in a stable order."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in sorted(runs, key=lambda r: (r["run"]["dataset"], r["run"]["model"], r["run"]["seed"])):
-        groups.setdefault((r["run"]["dataset"], r["run"]["model"]), []).append(r)
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in sorted(runs, key=lambda r: (r.info.dataset, r.info.model, r.info.seed)):
+        groups.setdefault((r.info.dataset, r.info.model), []).append(r)
     return groups
+
+
+def results(runs: list[RunRecord], name: str) -> list:
+    """The ``name`` results of ``runs`` that have one (one per seed)."""
+    return [r.results[name] for r in runs if name in r.results]
+
+
+def ok_results(runs: list[RunRecord], name: str) -> list:
+    """The ``name`` results of the runs that trained without diverging."""
+    return [r.results[name] for r in runs if r.info.status == "ok" and name in r.results]
 
 
 def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:

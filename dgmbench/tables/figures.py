@@ -21,12 +21,13 @@ def sample_grids(runs: list[dict], out_dir: Path) -> list[Path]:
     panels: dict[str, list[tuple[str, Path]]] = {}  # dataset → (title, grid)
     for (dataset, model), group in base_groups(runs).items():  # sweep variants' grids stay in their runs and MLflow
         for r in group:
-            src = Path(r["_dir"]) / "samples.png"
+            src = Path(r.dir) / "samples.png"
             if src.exists():
                 dst = fdir / f"samples_{dataset}_{model}.png"
                 shutil.copyfile(src, dst)
                 written.append(dst)
-                nll = r.get("likelihood", {}).get("nll_bpd")
+                lik = r.get("likelihood")
+                nll = lik.nll_bpd if lik is not None else None
                 panels.setdefault(dataset, []).append((model + (f"\n{nll:.3f} bits/dim" if nll is not None else ""), dst))
                 break
     for dataset, items in panels.items():  # base_groups is in the matrix's row order

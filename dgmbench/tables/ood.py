@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import fmt_mean_sd, group_runs, register_table, write_table
+from . import fmt_mean_sd, group_runs, ok_results, register_table, write_table
 
 SCORE_NOTES = {
     "likelihood": "−log₂ p(x)/D",
@@ -30,28 +30,29 @@ def ood_table(runs: list[dict], out_dir: Path) -> list[Path]:
     skipped: dict[tuple[str, str], str] = {}
     batch_sizes = set()
     for (dataset, model), group in group_runs(runs).items():
-        ok = [r["ood"] for r in group if r["run"]["status"] == "ok" and "ood" in r]
+        ok = ok_results(group, "ood")
         if not ok:
             continue
-        batch_sizes.add(ok[0]["typicality_batch"])
-        for name, reason in ok[0].get("skipped", {}).items():
+        batch_sizes.add(ok[0].typicality_batch)
+        for name, reason in ok[0].skipped.items():
             skipped[(dataset, name)] = reason
-        for ood_set in ok[0]["sets"]:
-            present = [o for o in ok if ood_set in o["sets"]]
-            for score in ok[0]["sets"][ood_set]["scores"]:
-                per_seed = [o["sets"][ood_set]["scores"][score] for o in present]
+        for ood_set in ok[0].sets:
+            present = [o for o in ok if ood_set in o.sets]
+            for score in ok[0].sets[ood_set].scores:
+                per_seed = [o.sets[ood_set].scores[score] for o in present]
                 rows.append({
                     "model": model,
-                    "family": group[0]["run"]["family"],
-                    "estimator": ok[0]["estimator"],
+                    "family": group[0].info.family,
+                    "estimator": ok[0].estimator,
                     "train → OOD": f"{dataset} → {ood_set}",
                     "score": score,
-                    "AUROC": fmt_mean_sd([s["auroc"] for s in per_seed], 3),
-                    "FPR@95%TPR": fmt_mean_sd([s["fpr95"] for s in per_seed], 3),
+                    "AUROC": fmt_mean_sd([s.auroc for s in per_seed], 3),
+                    "FPR@95%TPR": fmt_mean_sd([s.fpr95 for s in per_seed], 3),
                     "NLL bits/dim (in / OOD)": (
-                        f"{fmt_mean_sd([o['in_nll_bpd_mean'] for o in present])} / "
-                        f"{fmt_mean_sd([o['sets'][ood_set]['nll_bpd_mean'] for o in present])}"
+                        f"{fmt_mean_sd([o.in_nll_bpd_mean for o in present])} / "
+                        f"{fmt_mean_sd([o.sets[ood_set].nll_bpd_mean for o in present])}"
                     ),
+                    "images (in / OOD)": f"{ok[0].num_in} / {ok[0].sets[ood_set].num_images}",
                     "seeds": f"{len(present)}/{len(group)}",
                 })
     notes = [
@@ -73,12 +74,13 @@ def ood_table(runs: list[dict], out_dir: Path) -> list[Path]:
 
 def auroc_summary(df: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[Path]:
     """``ood_auroc``: one row per (train → OOD, model), the AUROC of each score in its own column."""
-    keys = ["train → OOD", "model", "estimator", "NLL bits/dim (in / OOD)", "seeds"]
+    keys = ["train → OOD", "model", "estimator", "NLL bits/dim (in / OOD)", "images (in / OOD)", "seeds"]
     if len(df):
         wide = df.pivot(index=keys, columns="score", values="AUROC")
         wide = wide[[s for s in SCORE_NOTES if s in wide.columns]]
         wide.columns = [f"AUROC {s}" for s in wide.columns]
-        wide = wide.reset_index()[["train → OOD", "model", "estimator", *wide.columns, "NLL bits/dim (in / OOD)", "seeds"]]
+        wide = wide.reset_index()[["train → OOD", "model", "estimator", *wide.columns, "NLL bits/dim (in / OOD)",
+                                   "images (in / OOD)", "seeds"]]
     else:
         wide = df
     intro = ["AUROC (mean ± sd over seeds) of each score; FPR@95%TPR and the per-score rows are in ood.md."]

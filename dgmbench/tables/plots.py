@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..metrics.sampling import best_rate  # noqa: E402
 from . import mean_sd, register_table  # noqa: E402
 from .matrix import base_groups, rate_distortion_groups  # noqa: E402
 
@@ -47,11 +46,11 @@ def nll_vs_speed(runs: list[dict], out_dir: Path) -> list[Path]:
     for dataset, models in _by_dataset(base_groups(runs)).items():
         pts = []
         for model, group in models.items():
-            ok = [r for r in group if r["run"]["status"] == "ok"]
-            nll = mean_sd(r.get("likelihood", {}).get("nll_bpd") for r in ok)
-            speed = mean_sd(best_rate(r.get("sampling", {}))[1] for r in ok)
+            ok = [r for r in group if r.info.status == "ok" and "likelihood" in r.results and "sampling" in r.results]
+            nll = mean_sd(r.results["likelihood"].nll_bpd for r in ok)
+            speed = mean_sd(r.results["sampling"].best()[1] for r in ok)
             if nll[2] and speed[2]:
-                pts.append((model, ok[0]["likelihood"]["type"], nll, speed))
+                pts.append((model, ok[0].results["likelihood"].type, nll, speed))
         if not pts:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -87,7 +86,7 @@ def seed_band(curves: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray,
 def training_curves(runs: list[dict], out_dir: Path) -> list[Path]:
     written = []
     for dataset, models in _by_dataset(base_groups(runs)).items():
-        curves = {m: [r["training"]["curve"]["train_loss"] for r in g if "training" in r] for m, g in models.items()}
+        curves = {m: [r.results["training"].train_loss for r in g if "training" in r.results] for m, g in models.items()}
         curves = {m: c for m, c in curves.items() if c and any(len(x) for x in c)}
         if not curves:
             continue
@@ -115,21 +114,22 @@ def rate_distortion(runs: list[dict], out_dir: Path) -> list[Path]:
     written = []
     by_ds: dict[str, dict[str, list[dict]]] = {}
     for (dataset, model), group in rate_distortion_groups(runs).items():
-        by_ds.setdefault(dataset, {})[model] = [r["lossy"] for r in group]
+        by_ds.setdefault(dataset, {})[model] = [r.results["lossy"] for r in group]
     for dataset, models in by_ds.items():
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        jpeg = next(iter(models.values()))[0].get("jpeg", [])
+        jpeg = next(iter(models.values()))[0].jpeg
         if jpeg:
-            ax.plot([p["bits_per_image"] for p in jpeg], [p["psnr_db"] for p in jpeg], "k.-", label=f"JPEG (q = {jpeg[0]['quality']}..{jpeg[-1]['quality']})")
-        for i, (model, ls) in enumerate(sorted(models.items(), key=lambda kv: kv[1][0].get("beta") or 0)):
-            x = mean_sd(p["rate_bits_per_image"] for p in ls)
-            y = mean_sd(p["psnr_db"] for p in ls)
-            beta = ls[0].get("beta")
+            ax.plot([p.bits_per_image for p in jpeg], [p.psnr_db for p in jpeg], "k.-",
+                    label=f"JPEG (q = {jpeg[0].quality}..{jpeg[-1].quality})")
+        for i, (model, ls) in enumerate(sorted(models.items(), key=lambda kv: kv[1][0].beta or 0)):
+            x = mean_sd(p.rate_bits_per_image for p in ls)
+            y = mean_sd(p.psnr_db for p in ls)
+            beta = ls[0].beta
             ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", color=f"C{i % 10}", capsize=3,
                         label=f"{model}" + (f" (β = {beta:g})" if beta is not None else ""))
         ax.set_xscale("log")
         ax.set_xlabel("rate (bits/image; latent models: KL in bits)")
-        ax.set_ylabel("PSNR (dB)")
+        ax.set_ylabel("PSNR at z ~ q (dB)")
         ax.set_title(f"{dataset}: rate–distortion", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

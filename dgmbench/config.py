@@ -149,6 +149,7 @@ GRID_DEFAULTS: dict[str, Any] = {
     "hparams": {},
     "eval": {},
     "variants": {},
+    "data_files": {},  # datasets read from the grid's own .npz files or PNG folders (datafiles.py)
 }
 
 RUN_KEYS = ("device", "threads", "data_root", "tracking_uri", "experiment")
@@ -218,6 +219,9 @@ def validate_grid(raw: dict) -> dict:
 
     _schema_errors(raw)
     cfg = {**GRID_DEFAULTS, **raw}
+    from .datafiles import register_data_files  # every process that loads the grid registers its file datasets
+
+    register_data_files(cfg["data_files"])
     for key in ("runs_dir", "results_dir"):
         check_results_path(key, cfg[key])
     for name, settings in cfg["eval"].items():  # evaluators' own output dirs (e.g. a cache) obey the same rule
@@ -270,6 +274,7 @@ class RunConfig:
     tracking_uri: str | None = None
     experiment: str = "dgmbench"
     variant: str | None = None  # the grid's variant name, if this run is one (e.g. "vae-beta4")
+    data_file: dict | None = None  # the grid's data_files.<dataset> declaration when the dataset is a file
 
     def to_dict(self) -> dict:
         return {
@@ -280,6 +285,7 @@ class RunConfig:
             **{k: getattr(self, k) for k in RUN_KEYS},
             "train": dataclasses.asdict(self.train),
             "hparams": dataclasses.asdict(self.hparams),
+            **({"data_file": self.data_file} if self.data_file else {}),  # absent for registered datasets
         }
 
     @property
@@ -368,6 +374,7 @@ def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[s
         **{k: grid.get(k, GRID_DEFAULTS[k]) for k in RUN_KEYS},
         "train": train,
         "hparams": hparams,
+        "data_file": grid.get("data_files", {}).get(dataset),
     }
     apply_sets(run, sets or [])
     return run_from_dict(run)
@@ -378,6 +385,10 @@ def run_from_dict(run: dict) -> RunConfig:
     section (saved by dgmbench ≤ 0.1, when evaluation settings travelled with the run) is ignored."""
     from .models import MODELS
 
+    if run.get("data_file"):  # a saved run config re-registers its file dataset (evaluate reads only the run)
+        from .datafiles import register_data_files
+
+        register_data_files({run["dataset"]: run["data_file"]})
     cls = MODELS.get(run["model"])
     if not isinstance(run.get("seed"), int) or run["seed"] < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {run.get('seed')!r}")
@@ -389,6 +400,7 @@ def run_from_dict(run: dict) -> RunConfig:
         dataset=run["dataset"],
         model=run["model"],
         variant=run.get("variant"),
+        data_file=run.get("data_file"),
         seed=run["seed"],
         train=build_dataclass(TrainConfig, run["train"], where="train"),
         hparams=build_dataclass(cls.Config, run["hparams"], where=f"hparams.{run['model']}"),

@@ -90,12 +90,14 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def register_dataset(name: str, *, shape, num_levels: int, num_classes: int, description: str):
-    """Register ``loader(data_root) -> (train, val, test)`` under ``name``."""
+def register_dataset(name: str, *, shape, num_levels: int, num_classes: int, description: str,
+                     source: str | None = None):
+    """Register ``loader(data_root) -> (train, val, test)`` under ``name``; ``source`` says where it comes from
+    (default: dgmbench, or the plugin being loaded; ``file <path>`` for a grid's ``data_files``, datafiles.py)."""
 
     def decorator(loader):
         info = DatasetInfo(name, tuple(shape), num_levels, num_classes, description)
-        DATASETS.register(name)(DatasetSpec(info, loader))
+        DATASETS.register(name, source=source)(DatasetSpec(info, loader))
         return loader
 
     return decorator
@@ -430,3 +432,8 @@ def _register_toy(density: Toy2D, description: str, num_classes: int):
 _register_toy(TOY_DENSITIES["toy2d-ring"], "2-D ring of 8 Gaussians on a 64×64 grid, exact pmf (estimator checks)", 8)
 _register_toy(TOY_DENSITIES["toy2d-gaussian"], "2-D standard Gaussian on a 64×64 grid, exact pmf (estimator checks)", 4)
 _register_toy(TOY_DENSITIES["toy2d-checker"], "2-D checkerboard on a 64×64 grid, exact pmf (estimator checks)", 4)
+
+
+# Other packages add datasets through the entry-point group "dgmbench.datasets" (a module that calls
+# register_dataset), loaded on the first lookup; a grid's own files are registered by datafiles.py.
+DATASETS.use_entry_points("dgmbench.datasets")

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from .. import identity
 from ..registry import Registry
 
 log = logging.getLogger("dgmbench.tables")
@@ -31,10 +32,13 @@ def load_runs(runs_dir: Path) -> list[dict]:
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
         try:
             m = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON ({err}); rerun `dgmbench evaluate --run {path.parent}`") from None
+        identity.check_metrics(m, path, Path(runs_dir))  # well-formed, and the run its directory says
         m["_dir"] = str(path.parent)
         runs.append(m)
+    identity.check_unique(runs)  # a backup copy is not an extra seed
+    identity.mark_failed_seeds(runs)  # NaN test metrics count as a failed seed, not a dropped one
     return runs
 
 

@@ -269,6 +269,9 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     with open(path, "rb") as fh:  # a directory raises IsADirectoryError (an OSError: one line)
         raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a dgmbench config is a "
+                          "few kilobytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -33,6 +33,7 @@ os.environ.setdefault("MLFLOW_ALEMBIC_LOG_LEVEL", "WARNING")  # hush schema-migr
 
 RUN_ID_FILE = "mlflow_run_id"
 RETRIES, RETRY_DELAY = 8, 0.2  # transient "database is locked": up to 8 tries, 0.2 s doubling (≈ 25 s in all)
+LOCK_TIMEOUT = 300.0  # seconds to wait for the store's write lock before giving up with a message
 
 
 class TrackingUnavailable(RuntimeError):
@@ -62,6 +63,8 @@ class Tracker:
 
         for name in ("mlflow", "alembic", "sqlalchemy"):  # mlflow resets its logger's level on import
             logging.getLogger(name).setLevel(logging.WARNING)
+        # The store logs every database error it re-raises, traceback included; _call turns those into one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = resolve_tracking_uri(tracking_uri, workdir)
         self.db = _sqlite_path(self.uri)
         if self.db is not None:
@@ -81,7 +84,17 @@ class Tracker:
             yield
             return
         with open(str(self.db) + ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:  # a writer holds it for one small write; one that holds it for minutes is stuck
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TrackingUnavailable(
+                            f"the MLflow store {self.uri} stayed locked by another process for {LOCK_TIMEOUT:.0f} s "
+                            f"({self.db}.lock); let it finish (or stop it) and rerun") from None
+                    time.sleep(0.05)
             try:
                 yield
             finally:

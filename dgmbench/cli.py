@@ -114,6 +114,8 @@ def cmd_ui(args) -> int:
     from .config import load_grid
     from .tracking import resolve_tracking_uri
 
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give one from 1 to 65535 (default 5000)")
     uri = resolve_tracking_uri(args.tracking_uri or load_grid(args.config)["tracking_uri"])
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving the MLflow UI on {args.host}, reachable from other machines", file=sys.stderr)

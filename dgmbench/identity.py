@@ -110,7 +110,8 @@ def _check_copy(run_dir: Path, ident: dict) -> None:
     if created and created != _tail(run_dir):
         raise IdentityError(
             f"{run_dir} is a copy of the run directory …/{created} ({run_dir / IDENTITY_FILE}): its MLflow run and "
-            f"metrics are that run's; use the original, or delete the copy"
+            f"metrics are that run's; use the original, or delete the copy (if it was moved, not copied, set "
+            f"created_as to {_tail(run_dir)!r} in {IDENTITY_FILE})"
         )
 
 

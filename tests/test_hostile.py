@@ -442,6 +442,14 @@ def test_malformed_tracking_uri(uri, capsys, isolated_cwd):
     assert not (isolated_cwd / "results").exists()
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_ui_port_out_of_range(port, capsys, isolated_cwd, monkeypatch):
+    import dgmbench.cli as cli
+
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: pytest.fail("started the UI"))
+    assert "not a TCP port" in fails(capsys, "ui", "--port", port)
+
+
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
 

@@ -206,7 +206,7 @@ def _schema_errors(cfg: dict) -> None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
-        raise ConfigError(f"unknown key {extra[0]!r} in {where}; valid keys: {', '.join(allowed)}")
+        raise ConfigError(f"unknown key {short(extra[0])} in {where}; valid keys: {', '.join(allowed)}")
     raise ConfigError(f"config field {where}: {err.message[:300]}")
 
 
@@ -312,7 +312,7 @@ def check_results_path(key: str, value: str, *, roots: tuple[str, ...] = (RESULT
     target = (cwd / value).resolve()
     if not any(target == (cwd / r).resolve() or (cwd / r).resolve() in target.parents for r in roots):
         raise ConfigError(
-            f"{key} = {value!r} is outside the results directory: it must be a relative path under "
+            f"{key} = {short(value)} is outside the results directory: it must be a relative path under "
             f"{allowed} (e.g. {roots[0]}/runs) that stays there with symbolic links followed; run from another "
             f"working directory to write elsewhere"
         )
@@ -382,13 +382,13 @@ def validate_grid(raw: dict) -> dict:
         DATASETS.get(ds)  # raises UnknownNameError listing the valid ones
     for m in cfg["models"]:
         if m not in valid_models:
-            raise ConfigError(f"unknown model {m!r} in models; valid models: {', '.join(valid_models)}")
+            raise ConfigError(f"unknown model {short(m)} in models; valid models: {', '.join(valid_models)}")
     for section in ("train", "hparams"):
         for key in cfg[section]:
             if key != "all" or section == "hparams":
                 if key not in valid_models:
                     valid = (["all"] if section == "train" else []) + valid_models
-                    raise ConfigError(f"unknown model {key!r} in {section}; valid keys: {', '.join(valid)}")
+                    raise ConfigError(f"unknown model {short(key)} in {section}; valid keys: {', '.join(valid)}")
     for key in cfg["eval"]:
         EVALUATORS.get(key)
     # Build every run's dataclasses once so type errors surface before any job starts.

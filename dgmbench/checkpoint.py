@@ -27,8 +27,16 @@ def save(obj: dict[str, Any], path: Path, kind: str) -> None:
     """Write atomically (temp file + rename): a job killed mid-write leaves the previous file intact."""
     payload = {"format": FORMAT, "kind": kind, "version": VERSION, **obj}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # a full disk surfaces from torch's zip writer as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(
+            f"could not write {path} ({first}); the disk may be full or read-only: free space (or fix the "
+            f"permissions) and rerun — the previous {path.name}, if any, is intact"
+        ) from None
 
 
 def load(path: Path, kind: str) -> dict[str, Any]:
@@ -48,3 +56,16 @@ def load(path: Path, kind: str) -> dict[str, Any]:
     if obj.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this dgmbench reads {VERSION}; retrain")
     return obj
+
+
+def load_state(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict(state)``, refusing a checkpoint written for another architecture with a
+    :class:`CheckpointError` (torch raises a ``RuntimeError`` listing every mismatched tensor)."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path} does not fit the model its config names ({first}); it was written by another model or "
+            f"settings: delete it and retrain the run"
+        ) from None

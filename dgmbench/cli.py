@@ -24,13 +24,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetUnavailable
+    from .identity import IdentityError
     from .registry import UnknownNameError
     from .runtime import DeviceUnavailable
     from .tracking import TrackingUnavailable
     from .train import ResumeMismatch
 
     return (ConfigError, UnknownNameError, DatasetUnavailable, CheckpointError, TrackingUnavailable,
-            ResumeMismatch, DeviceUnavailable, UserError, OSError)  # OSError: unwritable dir, full disk, ...
+            ResumeMismatch, DeviceUnavailable, IdentityError, UserError, OSError)  # OSError: unwritable dir, full disk, ...
 
 
 def cmd_list(args) -> int:
@@ -40,20 +41,32 @@ def cmd_list(args) -> int:
     print("models:")
     for name in MODELS.names():
         cls = MODELS.get(name)
-        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}  ({MODELS.source(name)})")
+        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}")
     print("datasets:")
     for name in DATASETS.names():
         info = DATASETS.get(name).info
         shape = "×".join(map(str, info.shape))
-        print(f"  {name:<14} {shape:<8} {info.num_levels:>3} levels  {info.description}  ({DATASETS.source(name)})")
+        print(f"  {name:<14} {shape:<8} {info.num_levels:>3} levels  {info.description}")
     return 0
 
 
+def grid_of(args) -> dict:
+    """The validated grid of ``--config FILE`` or ``--config-json TEXT`` (what a Snakemake job is handed: the
+    settings its workflow resolved when it started, so no file another invocation rewrites is read)."""
+    from .config import load_grid, parse_yaml_text, validate_grid
+
+    if getattr(args, "config_json", None) is not None:
+        if args.config:
+            raise UserError("give --config or --config-json, not both")
+        return validate_grid(parse_yaml_text(args.config_json, "--config-json"))
+    return load_grid(args.config)
+
+
 def cmd_train(args) -> int:
-    from .config import load_grid, resolve_run
+    from .config import resolve_run
     from .train import train
 
-    grid = load_grid(args.config)
+    grid = grid_of(args)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
     out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
     record = train(run, out)
@@ -69,10 +82,10 @@ def cmd_evaluate(args) -> int:
     for name in args.only or []:
         EVALUATORS.get(name)  # an unknown name stops here, listing the valid ones
     eval_config = None
-    if args.config:
-        from .config import eval_settings, load_grid
+    if args.config or args.config_json is not None:
+        from .config import eval_settings
 
-        eval_config = eval_settings(load_grid(args.config))
+        eval_config = eval_settings(grid_of(args))
     metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config, progress=lambda s: print(s, flush=True))
     lik = metrics.get("likelihood", {})
     summary = (f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim"
@@ -89,6 +102,10 @@ def cmd_tables(args) -> int:
         written = build_all(Path(args.runs), Path(args.out))
     except ValueError as err:  # an unreadable metrics.json; the message names it and the command that rewrites it
         raise UserError(str(err)) from None
+    except (KeyError, TypeError, AttributeError) as err:  # a well-formed file that lacks what a table reads
+        raise UserError(f"a metrics.json under {args.runs} lacks a field the tables read ({type(err).__name__}: "
+                        f"{str(err)[:100]}); rerun `dgmbench evaluate --run DIR` on runs evaluated by an older "
+                        "dgmbench") from None
     for p in written:
         print(p)
     return 0
@@ -98,6 +115,8 @@ def cmd_ui(args) -> int:
     from .config import load_grid
     from .tracking import resolve_tracking_uri
 
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give one from 1 to 65535 (default 5000)")
     uri = resolve_tracking_uri(args.tracking_uri or load_grid(args.config)["tracking_uri"])
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving the MLflow UI on {args.host}, reachable from other machines", file=sys.stderr)
@@ -122,6 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--config", help="grid config file (default: built-in defaults)")
+    t.add_argument("--config-json", metavar="TEXT", help="the grid as JSON text instead of a file (Snakemake jobs)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run setting, e.g. train.max_epochs=5, hparams.latent_dim=8 (repeatable)")
     t.add_argument("--out", help="run directory (default: <runs_dir>/<dataset>/<model>/seed<seed>)")
@@ -131,6 +151,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="run directory written by `dgmbench train`")
     e.add_argument("--only", nargs="*", help="evaluate only these sections")
     e.add_argument("--config", help="grid config file whose eval: settings replace those saved at training time")
+    e.add_argument("--config-json", metavar="TEXT", help="the same as JSON text instead of a file (Snakemake jobs)")
     e.set_defaults(fn=cmd_evaluate)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")
@@ -147,6 +168,17 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_error_message(err: OSError) -> str:
+    """An OSError as one line that names the file and what to do about it."""
+    import errno
+
+    where = f": {err.filename}" if err.filename else ""
+    fix = {errno.ENOSPC: "free disk space and rerun", errno.EDQUOT: "free disk space and rerun",
+           errno.EACCES: "fix the permissions or choose another directory", errno.EROFS: "choose a writable directory",
+           errno.ENOTDIR: "a path component is a file: choose another directory"}.get(err.errno, "fix it and rerun")
+    return f"{err.strerror or str(err) or type(err).__name__}{where}; {fix} (files already written are intact)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -156,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except _user_errors() as err:
-        msg = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.strerror}: {err.filename}"
+        msg = os_error_message(err) if isinstance(err, OSError) else str(err)
         print(f"dgmbench: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ variant inherits its base model's ``train``/``hparams`` sections, then applies i
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +30,16 @@ import yaml
 
 class ConfigError(ValueError):
     """Invalid configuration; ``str()`` is the complete user-facing message."""
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages never print a whole (possibly huge) value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Largest integer any setting may hold: beyond it torch and numpy overflow (int32 sizes, int64 tensors).
+MAX_INT = 2**31 - 1
 
 
 # ------------------------------------------------------------------------------------------- dataclasses
@@ -94,8 +106,9 @@ def build_dataclass(cls: type, values: dict[str, Any] | None, *, where: str):
         ok, coerced = _type_ok(value, hints[name])
         if not ok:
             raise ConfigError(
-                f"{where}.{name} = {value!r} has the wrong type: expected {_type_name(hints[name])}"
+                f"{where}.{name} = {short(value)} has the wrong type: expected {_type_name(hints[name])}"
             )
+        _check_number(f"{where}.{name}", coerced)
         kwargs[name] = coerced
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
@@ -105,6 +118,18 @@ def build_dataclass(cls: type, values: dict[str, Any] | None, *, where: str):
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
     return obj
+
+
+def _check_number(key: str, value: Any) -> None:
+    """No setting is NaN or infinite (a NaN passes every ``x <= 0`` check), and no integer is large enough to
+    overflow the libraries it reaches; lists are checked item by item."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_number(key, item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value} is not a finite number; give a finite value")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ConfigError(f"{key} = {short(value)} is out of range; give a value of magnitude at most {MAX_INT}")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -123,14 +148,19 @@ class TrainConfig:
     num_val: int = 0  # use only the first n validation images; 0 = all
 
     def validate(self):
+        """Each setting in its real domain; NaN and ±inf fail every check (``not x > 0`` is true for NaN)."""
         for name in ("batch_size", "max_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_INT:
+                raise ValueError(f"{name} must be ≥ 1 (and at most {MAX_INT}), got {getattr(self, name)}")
         for name in ("patience", "checkpoint_every", "num_train", "num_val"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            if not 0 <= getattr(self, name) <= MAX_INT:
+                raise ValueError(f"{name} must be ≥ 0 (and at most {MAX_INT}), got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0 (a finite number), got {self.lr}")
+        # A negative clip norm scales the gradient by a negative factor: gradient ascent that reports "ok".
+        for name in ("weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0 (0 = off), got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------------------------ grid
@@ -151,6 +181,8 @@ GRID_DEFAULTS: dict[str, Any] = {
     "variants": {},
     "data_files": {},  # datasets read from the grid's own .npz files or PNG folders (datafiles.py)
 }
+
+MAX_SEED = 2**32  # seeds are 0 ≤ seed < 2^32 (numpy's seed width): distinct seeds never share a stream
 
 RUN_KEYS = ("device", "threads", "data_root", "tracking_uri", "experiment")
 
@@ -175,40 +207,150 @@ def _schema_errors(cfg: dict) -> None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
-        raise ConfigError(f"unknown key {extra[0]!r} in {where}; valid keys: {', '.join(allowed)}")
-    raise ConfigError(f"config field {where}: {err.message}")
+        raise ConfigError(f"unknown key {short(extra[0])} in {where}; valid keys: {', '.join(allowed)}")
+    raise ConfigError(f"config field {where}: {err.message[:300]}")
+
+
+# A grid file is small: these bound what a hostile one can cost before it is rejected (a YAML "billion laughs"
+# is a few hundred bytes whose aliases expand to 10^9 nodes; safe_load shares them, but anything that walks the
+# result — the schema check, json.dumps, an error message's repr — expands them).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+def _expanded_size(node, sizes: dict, active: set) -> int:
+    """Number of YAML nodes ``node`` stands for once every alias is expanded (memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise ConfigError("recursive alias")
+    active.add(key)
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, active)
+        if total > MAX_CONFIG_NODES:
+            break
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
+def parse_yaml_text(text: str, source: str) -> dict:
+    """Parse a config's text (YAML or JSON) into a mapping, bounded in size and in alias expansion."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_CONFIG_BYTES} bytes; a dgmbench config is a few kilobytes")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            size = _expanded_size(root, {}, set()) if root is not None else 0
+        except ConfigError:
+            raise ConfigError(f"{source} has a recursive YAML alias; write the values out") from None
+        if size > MAX_CONFIG_NODES:
+            raise ConfigError(f"{source} expands to more than {MAX_CONFIG_NODES} values (YAML aliases); "
+                              "write the values out or use fewer aliases")
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as err:
+        first = str(err).replace("\n", " ")[:200]
+        raise ConfigError(f"{source} is not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    with open(path, "rb") as fh:  # a directory raises IsADirectoryError (an OSError: one line)
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a dgmbench config is a "
+                          "few kilobytes")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
-    return data
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                          "save it as UTF-8") from None
+    return parse_yaml_text(text, f"config file {path}")
 
 
 RESULTS_ROOT = "results"
+# Paths and names from a config end up in file names and in Snakemake's shell commands: allow only characters
+# that mean nothing to a shell or to a glob (letters, digits, and _ . - and / for paths), and no ".." component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+SAFE_PATH = re.compile(r"[A-Za-z0-9_.\-/]+")
 
 
-def check_results_path(key: str, value: str) -> None:
+def check_name(kind: str, name: Any) -> None:
+    """A model, variant or dataset name is used as a directory name: letters, digits, ``_ . -``, no ``..``."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name or len(name) > 100:
+        raise ConfigError(f"{kind} name {short(name)} is not allowed: use letters, digits and _ . - "
+                          "(starting with a letter or digit, no '..', at most 100 characters)")
+
+
+def check_results_path(key: str, value: str, *, roots: tuple[str, ...] = (RESULTS_ROOT,)) -> None:
     """A grid writes only inside ``results/`` of the working directory: ``runs_dir`` and ``results_dir`` must
-    be relative paths that stay under it after normalisation (no absolute paths, no ``..`` escapes). A config
-    file, which may come from someone else, then cannot make a pipeline write elsewhere; ``dgmbench train
-    --out`` given on the command line is the user's own choice and is not restricted."""
+    be relative paths of safe characters (:data:`SAFE_PATH`) that stay under it once resolved — ``..`` and
+    symbolic links followed. A config file, which may come from someone else, then cannot make a pipeline write
+    elsewhere or run a command; ``dgmbench train --out`` given on the command line is the user's own choice and
+    is not restricted."""
     import os
-    import posixpath
 
-    norm = posixpath.normpath(str(value).replace(os.sep, "/")) if value else ""
-    if not value or posixpath.isabs(norm) or norm.split("/")[0] != RESULTS_ROOT:
+    allowed = " or ".join(f"{r}/" for r in roots)
+    if not isinstance(value, str) or not value or not SAFE_PATH.fullmatch(value):
         raise ConfigError(
-            f"{key} = {value!r} is outside the results directory: it must be a relative path under "
-            f"{RESULTS_ROOT}/ (e.g. {RESULTS_ROOT}/runs); run from another working directory to write elsewhere"
+            f"{key} = {short(value)} is not an allowed path: use a relative path under {allowed} of letters, "
+            f"digits and _ . - / only (e.g. {roots[0]}/runs)"
         )
+    cwd = Path(os.getcwd())
+    target = (cwd / value).resolve()
+    if not any(target == (cwd / r).resolve() or (cwd / r).resolve() in target.parents for r in roots):
+        raise ConfigError(
+            f"{key} = {short(value)} is outside the results directory: it must be a relative path under "
+            f"{allowed} (e.g. {roots[0]}/runs) that stays there with symbolic links followed; run from another "
+            f"working directory to write elsewhere"
+        )
+
+
+def check_tracking_uri(uri: Any, *, confine: bool) -> None:
+    """``tracking_uri`` is null (the default sqlite store), an http(s) server, or a ``sqlite:///`` / ``file:``
+    store. With ``confine`` (a config file's value) a store on disk must lie under ``mlflow/`` or ``results/``
+    of the working directory, like every other path a config names."""
+    from urllib.parse import urlsplit
+
+    if uri is None:
+        return
+    fix = "give http(s)://HOST:PORT, sqlite:///mlflow/NAME.db, or null for the default store mlflow/mlflow.db"
+    if not isinstance(uri, str) or not uri or len(uri) > 1000 or any(c.isspace() for c in uri):
+        raise ConfigError(f"tracking_uri = {short(uri)} is not a tracking URI; {fix}")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018  (raises ValueError on a malformed port)
+    except ValueError:
+        raise ConfigError(f"tracking_uri = {short(uri)} is malformed; {fix}") from None
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"tracking_uri = {short(uri)} names no server; {fix}")
+        return
+    if parts.scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+    elif parts.scheme == "file" and parts.path:
+        path = parts.path
+    else:
+        raise ConfigError(f"tracking_uri = {short(uri)} is not a tracking URI dgmbench can use; {fix}")
+    if confine:
+        if path.startswith("/"):
+            import os
+
+            path = os.path.relpath(path, os.getcwd())
+        check_results_path("tracking_uri", path, roots=("mlflow", RESULTS_ROOT))
 
 
 def validate_grid(raw: dict) -> dict:
@@ -224,6 +366,11 @@ def validate_grid(raw: dict) -> dict:
     register_data_files(cfg["data_files"])
     for key in ("runs_dir", "results_dir"):
         check_results_path(key, cfg[key])
+    check_tracking_uri(cfg["tracking_uri"], confine=True)
+    for name in cfg["variants"]:
+        check_name("variant", name)
+    for ds in cfg["datasets"]:
+        check_name("dataset", ds)
     for name, settings in cfg["eval"].items():  # evaluators' own output dirs (e.g. a cache) obey the same rule
         for key, value in settings.items():
             if key.endswith("_dir") and isinstance(value, str):
@@ -239,13 +386,13 @@ def validate_grid(raw: dict) -> dict:
         DATASETS.get(ds)  # raises UnknownNameError listing the valid ones
     for m in cfg["models"]:
         if m not in valid_models:
-            raise ConfigError(f"unknown model {m!r} in models; valid models: {', '.join(valid_models)}")
+            raise ConfigError(f"unknown model {short(m)} in models; valid models: {', '.join(valid_models)}")
     for section in ("train", "hparams"):
         for key in cfg[section]:
             if key != "all" or section == "hparams":
                 if key not in valid_models:
                     valid = (["all"] if section == "train" else []) + valid_models
-                    raise ConfigError(f"unknown model {key!r} in {section}; valid keys: {', '.join(valid)}")
+                    raise ConfigError(f"unknown model {short(key)} in {section}; valid keys: {', '.join(valid)}")
     for key in cfg["eval"]:
         if key not in EVAL_SETTINGS:
             EVALUATORS.get(key)
@@ -390,12 +537,23 @@ def run_from_dict(run: dict) -> RunConfig:
 
         register_data_files({run["dataset"]: run["data_file"]})
     cls = MODELS.get(run["model"])
-    if not isinstance(run.get("seed"), int) or run["seed"] < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {run.get('seed')!r}")
-    if run.get("device", "auto") not in ("auto", "cpu") and not str(run["device"]).startswith("cuda"):
-        raise ConfigError(f"device = {run['device']!r}; valid: auto, cpu, cuda, cuda:N")
-    if not isinstance(run.get("threads", 1), int) or run.get("threads", 1) < 1:
-        raise ConfigError(f"threads must be an integer ≥ 1, got {run.get('threads')!r}")
+    seed = run.get("seed")
+    # Seeds below 2^32: numpy takes 32 bits, so seeds 2^32 apart would silently reproduce each other.
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"seed must be a non-negative integer below 2^32 (0 to {MAX_SEED - 1}), got {short(seed)}")
+    if run.get("variant") is not None:
+        check_name("variant", run["variant"])
+    device = run.get("device", "auto")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", device):
+        raise ConfigError(f"device = {short(device)}; valid: auto, cpu, cuda, cuda:N")
+    threads = run.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024:
+        raise ConfigError(f"threads must be an integer from 1 to 1024, got {short(threads)}")
+    check_tracking_uri(run.get("tracking_uri"), confine=False)
+    if not isinstance(run.get("experiment", "dgmbench"), str) or not run.get("experiment", "dgmbench"):
+        raise ConfigError(f"experiment must be a non-empty name, got {short(run.get('experiment'))}")
+    if run.get("data_root") is not None and not isinstance(run["data_root"], str):
+        raise ConfigError(f"data_root must be a directory path or null, got {short(run['data_root'])}")
     return RunConfig(
         dataset=run["dataset"],
         model=run["model"],

@@ -281,13 +281,29 @@ def _load_cifar10(data_root):
     if d is None or not (d / "test_batch").exists():
         raise DatasetUnavailable(hint)
 
+    class ArraysOnly(pickle.Unpickler):
+        """The CIFAR-10 batches are pickles of a dict of bytes, lists and one uint8 array; refuse every other
+        global, so a file planted in a config-chosen ``data_root`` cannot run code when it is read."""
+
+        ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype")}
+
+        def find_class(self, module, name):
+            if (module, name) not in self.ALLOWED:
+                raise pickle.UnpicklingError(f"refusing {module}.{name}: not a plain array")
+            return super().find_class(module, name)
+
     def batch(name):
         try:
             with open(d / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-        except Exception as err:  # a truncated pickle raises several kinds of error
-            raise DatasetUnavailable(f"cannot read {d / name}: {err}; {hint}") from None
-        return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"])
+                entry = ArraysOnly(f, encoding="latin1").load()
+            x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry["labels"], dtype=np.int64).reshape(-1)
+        except Exception as err:  # a truncated or foreign pickle raises several kinds of error
+            raise DatasetUnavailable(f"cannot read {d / name}: {str(err)[:200]}; {hint}") from None
+        if len(x) != len(y):
+            raise DatasetUnavailable(f"cannot read {d / name}: {len(x)} images but {len(y)} labels; {hint}")
+        return x, y
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     x_tr = np.concatenate([p[0] for p in parts])

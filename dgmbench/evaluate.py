@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import checkpoint
+from . import checkpoint, identity
 from .build import build
 from .config import ConfigError, eval_settings, run_from_dict
 from .metrics import EvalContext, ResultError, TestSubset, parse_section, plan
@@ -52,8 +52,9 @@ def load_trained(run_dir: Path):
     """(run config, dataset, model in eval mode, device, training record) from ``run_dir/checkpoint.pt``."""
     ckpt = checkpoint.load(Path(run_dir) / "checkpoint.pt", "model")
     run = run_from_dict(ckpt["config"])
+    identity.check_checkpoint(run_dir, run)  # the directory's own run, and no other writer
     dataset, model, device = build(run)
-    model.load_state_dict(ckpt["model_state"])
+    checkpoint.load_state(model, ckpt["model_state"], Path(run_dir) / "checkpoint.pt")
     model.eval()
     return run, dataset, model, device, ckpt["record"]
 

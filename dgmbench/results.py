@@ -26,7 +26,8 @@ class RunInfo(Result):
     seed: int
     family: str  # row label, e.g. "prescribed (VAE)"
     likelihood: str  # the family's declaration: exact | bound | none
-    status: str  # ok | diverged
+    status: str  # ok | diverged | failed (a non-finite headline test metric, set by the tables: identity.py)
+    failed_reason: str | None = None  # why a run that trained ok counts as failed
     diverged_epoch: int | None
     diverged_reason: str | None
     epochs_run: int | None

@@ -32,6 +32,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_ALEMBIC_LOG_LEVEL", "WARNING")  # hush schema-migration logs on first use
 
 RUN_ID_FILE = "mlflow_run_id"
+RETRIES, RETRY_DELAY = 8, 0.2  # transient "database is locked": up to 8 tries, 0.2 s doubling (≈ 25 s in all)
+LOCK_TIMEOUT = 300.0  # seconds to wait for the store's write lock before giving up with a message
 
 
 class TrackingUnavailable(RuntimeError):
@@ -61,6 +63,8 @@ class Tracker:
 
         for name in ("mlflow", "alembic", "sqlalchemy"):  # mlflow resets its logger's level on import
             logging.getLogger(name).setLevel(logging.WARNING)
+        # The store logs every database error it re-raises, traceback included; _call turns those into one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = resolve_tracking_uri(tracking_uri, workdir)
         self.db = _sqlite_path(self.uri)
         if self.db is not None:
@@ -80,34 +84,61 @@ class Tracker:
             yield
             return
         with open(str(self.db) + ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:  # a writer holds it for one small write; one that holds it for minutes is stuck
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TrackingUnavailable(
+                            f"the MLflow store {self.uri} stayed locked by another process for {LOCK_TIMEOUT:.0f} s "
+                            f"({self.db}.lock); let it finish (or stop it) and rerun") from None
+                    time.sleep(0.05)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _call(self, fn, *args, **kwargs) -> Any:
-        delay = 0.2
-        for attempt in range(8):
+        delay = RETRY_DELAY
+        for attempt in range(RETRIES):
             try:
                 with self._lock():
                     return fn(*args, **kwargs)
             except Exception as err:  # MLflow wraps sqlite and HTTP errors in several types
                 text = str(err)
                 transient = "database is locked" in text or "Connection reset" in text
-                if transient and attempt < 7:
+                if transient and attempt < RETRIES - 1:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                if "Connection refused" in text or "Max retries exceeded" in text or "NewConnectionError" in text:
-                    raise TrackingUnavailable(
-                        f"the MLflow tracking server at {self.uri} is unreachable ({type(err).__name__}); "
-                        "start it, or set tracking_uri: null in the config to use the local sqlite store"
-                    ) from None
-                if isinstance(err, (PermissionError, OSError)) or "readonly" in text or "unable to open" in text:
-                    raise TrackingUnavailable(f"cannot write the MLflow store {self.uri}: {err}") from None
-                raise
+                raise self._unavailable(err) from None
         raise AssertionError("unreachable")
+
+    def _unavailable(self, err: Exception) -> Exception:
+        """The one-line :class:`TrackingUnavailable` for a store error a user can fix; other errors unchanged."""
+        text = str(err)
+        first = (text.strip().splitlines() or [type(err).__name__])[0][:200]
+        if "Connection refused" in text or "Max retries exceeded" in text or "NewConnectionError" in text:
+            return TrackingUnavailable(
+                f"the MLflow tracking server at {self.uri} is unreachable ({type(err).__name__}); "
+                "start it, or set tracking_uri: null in the config to use the local sqlite store")
+        if "database is locked" in text:
+            return TrackingUnavailable(
+                f"the MLflow store {self.uri} stayed locked by another process; let it finish (or stop it) and rerun")
+        if "file is not a database" in text or "malformed" in text or "no such table" in text \
+                or "Can't locate revision" in text:
+            return TrackingUnavailable(
+                f"the MLflow store {self.uri} is corrupt or not an MLflow database ({first}); move it aside "
+                "(a fresh store is created in its place) or point tracking_uri at another store")
+        if isinstance(err, OSError) or "readonly" in text or "unable to open" in text:
+            return TrackingUnavailable(f"cannot write the MLflow store {self.uri} ({first}); fix its permissions "
+                                       "or point tracking_uri at a writable store")
+        if type(err).__name__ == "MlflowException" and ("tracking URI" in text or "scheme" in text):
+            return TrackingUnavailable(f"MLflow cannot use the tracking URI {self.uri} ({first}); give "
+                                       "http(s)://HOST:PORT, sqlite:///PATH, or null for the default store")
+        return err
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, identity
 from .build import build
 from .config import RunConfig, run_from_dict
 from .distributions import nats_to_bits_per_dim
@@ -89,6 +89,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     tc = run.train
     optimizers = model.configure_optimizers(tc)
     tracker = Tracker(run.tracking_uri, run.experiment)  # fails here, before any training, if unreachable
+    identity.claim(run, out_dir)  # this run's directory, and only this process writes it
     run_id = tracker.start_run(out_dir, run.run_name, flatten(run.to_dict()), run_tags(run.seed))
 
     x_train = dataset.train.x[: tc.num_train or None]
@@ -100,7 +101,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
              "status": "ok", "diverged_epoch": None, "diverged_reason": None, "stopped_early": False}
     best_state = copy.deepcopy(model.state_dict())
     if saved is not None:
-        model.load_state_dict(saved["model_state"])
+        checkpoint.load_state(model, saved["model_state"], resume_path)
         for opt, s in zip(optimizers, saved["optimizer_states"]):
             opt.load_state_dict(s)
         best_state = saved["best_state"]

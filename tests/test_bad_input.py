@@ -49,7 +49,11 @@ def trained(tmp_path_factory):
 
 
 def digest(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+    """Hash of every file in ``d`` but the writer lock (an empty file any command on the run may create)."""
+    from dgmbench.identity import LOCK_FILE
+
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 # (argv, substrings the message must contain). Each is a distinct kind of mistake.

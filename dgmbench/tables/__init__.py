@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from .. import identity
 from ..metrics import ResultError
 from ..registry import Registry
 from ..results import RunRecord
@@ -35,12 +36,22 @@ NOT_MEASURED = "not measured"  # a cell whose input section is absent from the r
 
 def load_runs(runs_dir: Path) -> list[RunRecord]:
     """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed."""
-    runs = []
+    raw = []
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
         try:
-            runs.append(RunRecord.from_dict(json.loads(path.read_text()), where=path.parent))
-        except json.JSONDecodeError as err:
+            m = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON ({err}); rerun `dgmbench evaluate --run {path.parent}`") from None
+        identity.check_metrics(m, path, Path(runs_dir))  # well-formed, and the run its directory says
+        m["_dir"] = str(path.parent)
+        raw.append(m)
+    identity.check_unique(raw)  # a backup copy is not an extra seed
+    identity.mark_failed_seeds(raw)  # NaN test metrics count as a failed seed, not a dropped one
+    runs = []
+    for m in raw:
+        path = Path(m.pop("_dir")) / "metrics.json"
+        try:
+            runs.append(RunRecord.from_dict(m, where=path.parent))
         except ResultError as err:
             raise ValueError(f"{path}: {err}") from None
     return runs

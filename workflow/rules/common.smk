@@ -1,11 +1,14 @@
-# Shared definitions: the validated grid, the list of runs, and the per-run config hash that makes Snakemake
-# rerun a job when that run's settings change.
-import hashlib
+# Shared definitions: the validated grid, the list of runs, and each job's own copy of the settings it runs with.
+#
+# Nothing is written while this file is parsed. Each train/evaluate job is handed its run's settings as a JSON
+# param (job_grid below) and the command receives them as text (--config-json), so no file is shared between
+# invocations: a second `snakemake` (or `snakemake -n`) with another config cannot change what a running job
+# reads, and since Snakemake reruns a job whose params changed, a run trained with other settings is never
+# counted as up to date. Every value put into a shell command is quoted (`:q`), and the config's paths and names
+# are restricted to safe characters (dgmbench.config.check_results_path, check_name): they are data, never code.
 import json
 import os
 import sys
-
-import yaml
 
 REPO = os.path.abspath(os.path.join(workflow.basedir))
 # Jobs run `python -m dgmbench`; with the repository on PYTHONPATH this works from a pip install and from a
@@ -32,39 +35,39 @@ RESULTS = GRID.get("results_dir", "results")
 LOGS = f"{RESULTS}/logs"
 PYTHON = "python -m dgmbench"
 
-# The grid as the jobs see it, written once per invocation (only if it changed, so its mtime stays put).
-GRID_FILE = f"{LOGS}/grid-config.yaml"
-_text = yaml.safe_dump(GRID, sort_keys=True)
-os.makedirs(LOGS, exist_ok=True)
-if not os.path.exists(GRID_FILE) or open(GRID_FILE).read() != _text:
-    with open(GRID_FILE, "w") as fh:
-        fh.write(_text)
-
 RUN_DIR = RUNS + "/{dataset}/{model}/seed{seed}"
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.\-]+",
-    model=r"[A-Za-z0-9_.\-]+",
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     seed=r"\d+",
 
 
-def run_settings_hash(wildcards):
-    """Hash of everything in the grid that can change this run's result."""
-    variant = GRID.get("variants", {}).get(wildcards.model, {})
-    base = variant.get("model", wildcards.model)
-    train = GRID.get("train", {})
-    hparams = GRID.get("hparams", {})
-    relevant = {
-        "train": [train.get("all", {}), train.get(base, {}), variant.get("train", {})],
-        "hparams": [hparams.get(base, {}), variant.get("hparams", {})],
-        "device": GRID.get("device", "auto"),
-        "data_root": GRID.get("data_root"),
+def job_grid(wildcards, evaluation=False):
+    """The grid narrowed to one run, as JSON: what can change that run's training (its family's and variant's
+    train/hparams sections, device, data root, tracking store) and, for evaluation, the eval section. A change to
+    another model's settings, or to eval (for training), leaves the param, and so the job, as it is."""
+    variant = GRID.get("variants", {}).get(wildcards.model)
+    base = variant["model"] if variant else wildcards.model
+    train, hparams = GRID.get("train", {}), GRID.get("hparams", {})
+    grid = {
+        "datasets": [wildcards.dataset],
+        "models": [wildcards.model],
+        "seeds": [int(wildcards.seed)],
+        "runs_dir": RUNS,
+        "results_dir": RESULTS,
+        "train": {k: train[k] for k in ("all", base) if k in train},
+        "hparams": {k: hparams[k] for k in (base,) if k in hparams},
+        "variants": {wildcards.model: variant} if variant else {},
+        **{k: GRID[k] for k in ("device", "data_root", "tracking_uri", "experiment") if k in GRID},
     }
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    if evaluation:
+        grid["eval"] = GRID.get("eval", {})
+    return json.dumps(grid, sort_keys=True)
 
 
-def eval_settings_hash(wildcards):
-    return hashlib.sha1(json.dumps(GRID.get("eval", {}), sort_keys=True).encode()).hexdigest()[:12]
+def eval_grid(wildcards):
+    return job_grid(wildcards, evaluation=True)
 
 
 ALL_METRICS = expand(

@@ -7,11 +7,10 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{model}}/seed{{seed}}.log",
     params:
-        grid=GRID_FILE,
+        grid=eval_grid,
         run=RUN_DIR,
-        settings=eval_settings_hash,
     threads: GRID.get("threads", 1)
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config {params.grid} --run {params.run} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} > {log:q} 2>&1"

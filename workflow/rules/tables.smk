@@ -23,4 +23,4 @@ rule tables:
     conda:
         "../../environment.yml"
     shell:
-        "{PYTHON} tables --runs {params.runs} --out {params.out} > {log} 2>&1"
+        "{PYTHON} tables --runs {params.runs:q} --out {params.out:q} > {log:q} 2>&1"

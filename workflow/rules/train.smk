@@ -6,12 +6,11 @@ rule train:
     log:
         f"{LOGS}/train/{{dataset}}/{{model}}/seed{{seed}}.log",
     params:
-        grid=GRID_FILE,
+        grid=job_grid,
         out=RUN_DIR,
-        settings=run_settings_hash,
     threads: GRID.get("threads", 1)
     conda:
         "../../environment.yml"
     shell:
-        "{PYTHON} train --config {params.grid} --dataset {wildcards.dataset} --model {wildcards.model} "
-        "--seed {wildcards.seed} --set threads={threads} --out {params.out} > {log} 2>&1"
+        "{PYTHON} train --config-json {params.grid:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
+        "--seed {wildcards.seed:q} --set threads={threads} --out {params.out:q} > {log:q} 2>&1"

@@ -10,6 +10,10 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+# `--config 'seeds=[0,1]'` (README) hands the list's items over as strings; seeds are integers.
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in config["seeds"]]
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -496,6 +496,32 @@ def eval_settings(grid: dict | None = None) -> dict:
     return {name: build_dataclass(cls, given.get(name, {}), where=f"eval.{name}") for name, cls in classes.items()}
 
 
+def run_grid(grid: dict, *, dataset: str, model: str, seed: int, evaluation: bool = False) -> dict:
+    """The grid narrowed to one run: exactly the sections :func:`resolve_run` reads for it (its family's and
+    variant's train/hparams, its dataset's file declaration, device, data root, tracking store, output dirs) and,
+    for evaluation, the eval section. Snakemake hands it to each job as that job's settings (and reruns the job
+    when it changes), so the precedence of settings is defined here once, not again in the workflow."""
+    variant = grid.get("variants", {}).get(model)
+    base = variant["model"] if variant else model
+    train, hparams = grid.get("train", {}), grid.get("hparams", {})
+    files = grid.get("data_files", {})
+    out = {
+        "datasets": [dataset],
+        "models": [model],
+        "seeds": [int(seed)],
+        "runs_dir": grid.get("runs_dir", GRID_DEFAULTS["runs_dir"]),
+        "results_dir": grid.get("results_dir", GRID_DEFAULTS["results_dir"]),
+        "train": {k: train[k] for k in ("all", base) if k in train},
+        "hparams": {k: hparams[k] for k in (base,) if k in hparams},
+        "variants": {model: variant} if variant else {},
+        **({"data_files": {dataset: files[dataset]}} if dataset in files else {}),
+        **{k: grid[k] for k in ("device", "data_root", "tracking_uri", "experiment") if k in grid},
+    }
+    if evaluation:
+        out["eval"] = grid.get("eval", {})
+    return out
+
+
 def resolve_run(grid: dict, *, dataset: str, model: str, seed: int, sets: list[str] | None = None) -> RunConfig:
     """Resolve one run from a validated grid: family defaults < train.all < train.<model> < --set."""
     from .data import DATASETS

@@ -43,26 +43,15 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+from dgmbench.config import run_grid  # imports no model, metric or torch: works in Snakemake's own environment
+
+
 def job_grid(wildcards, evaluation=False):
-    """The grid narrowed to one run, as JSON: what can change that run's training (its family's and variant's
-    train/hparams sections, device, data root, tracking store) and, for evaluation, the eval section. A change to
-    another model's settings, or to eval (for training), leaves the param, and so the job, as it is."""
-    variant = GRID.get("variants", {}).get(wildcards.model)
-    base = variant["model"] if variant else wildcards.model
-    train, hparams = GRID.get("train", {}), GRID.get("hparams", {})
-    grid = {
-        "datasets": [wildcards.dataset],
-        "models": [wildcards.model],
-        "seeds": [int(wildcards.seed)],
-        "runs_dir": RUNS,
-        "results_dir": RESULTS,
-        "train": {k: train[k] for k in ("all", base) if k in train},
-        "hparams": {k: hparams[k] for k in (base,) if k in hparams},
-        "variants": {wildcards.model: variant} if variant else {},
-        **{k: GRID[k] for k in ("device", "data_root", "tracking_uri", "experiment") if k in GRID},
-    }
-    if evaluation:
-        grid["eval"] = GRID.get("eval", {})
+    """The grid narrowed to one run, as JSON (dgmbench.config.run_grid): what can change that run's training and,
+    for evaluation, the eval section. A change to another model's settings, or to eval (for training), leaves the
+    param, and so the job, as it is."""
+    grid = run_grid(GRID, dataset=wildcards.dataset, model=wildcards.model, seed=int(wildcards.seed),
+                    evaluation=evaluation)
     return json.dumps(grid, sort_keys=True)
 
 

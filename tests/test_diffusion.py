@@ -98,6 +98,26 @@ def test_step_log_ratio_matches_the_densities():
     torch.testing.assert_close(got, want.flatten(1).sum(1))
 
 
+def test_reverse_step_is_the_moment_matched_mixture():
+    """A draw of the mixture step has mean μ̃_t(E_π y₀, y_t) and variance β̃_t + coef_y0² Var_π(y₀) ≥ β̃_t: the variance
+    a Gaussian step would have to learn (Nichol & Dhariwal 2021) follows from the posterior's uncertainty."""
+    model = random_model(num_steps=20)
+    y_t = torch.randn(1, 1, 1, 2).repeat(20000, 1, 1, 1)
+    for step in (2, 10, 20):
+        t = torch.full((1,), step)
+        with torch.no_grad():
+            pi = model.posterior_logits(y_t[:1], t).exp().double()  # (1, 1, 1, 2, 3)
+        m1, m2 = pi @ model.centres, pi @ model.centres**2
+        mean = model.posterior_mean(m1, y_t[:1], t)
+        var = model.post_var[step] + model.coef_y0[step] ** 2 * (m2 - m1**2)
+        assert (var >= model.post_var[step]).all()
+        torch.manual_seed(step)
+        _, y = model.reverse_step(y_t, step)
+        se = (var / len(y)).sqrt()
+        torch.testing.assert_close(y.double().mean(0, keepdim=True), mean, atol=float(5 * se.max()), rtol=0)
+        torch.testing.assert_close(y.double().var(0, keepdim=True), var, atol=0, rtol=0.05)
+
+
 @pytest.mark.parametrize("num_steps", [3, 30])
 def test_vlb_is_exact_for_factorised_data_with_the_exact_posterior(num_steps):
     """For p(x) = p₁(x₁) p₂(x₂) the mixture reverse step with the exact marginals is the true reverse step, so the

@@ -409,17 +409,21 @@ class Diffusion(GenerativeModel):
 
     # --- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
+    def reverse_step(self, y_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw from p_θ(y_{t−1} | y_t): a level k ~ π_θ(· | y_t) per pixel, then y_{t−1} ~ q(y_{t−1} | y_t, c_k).
+        Returns (k, y_{t−1}), (B, C, H, W) int64 and float32; at t = 1, k is the decoder's image."""
+        tt = torch.full((y_t.shape[0],), t, device=y_t.device, dtype=torch.long)
+        k = torch.distributions.Categorical(logits=self.posterior_logits(y_t, tt)).sample()
+        mean = self.posterior_mean(self.centres[k], y_t, tt)
+        return k, (mean + self._gather("post_var", tt).sqrt() * torch.randn_like(mean)).float()
+
+    @torch.no_grad()
     def _sample(self, num_samples):
-        """Ancestral sampling through all T steps: a level k ~ π_θ per pixel, then y_{t−1} ~ q(y_{t−1} | y_t, c_k)
-        (a draw from the mixture reverse step); the last step draws the image from the decoder π_θ(x | y₁)."""
+        """Ancestral sampling through all T mixture steps; the last draws the image from the decoder π_θ(x | y₁)."""
         y = torch.randn(num_samples, *self.info.shape, device=self.device)
         for step in range(self.cfg.num_steps, 0, -1):
-            t = torch.full((num_samples,), step, device=self.device, dtype=torch.long)
-            k = torch.distributions.Categorical(logits=self.posterior_logits(y, t)).sample()  # (B, C, H, W)
-            if step == 1:
-                return k
-            mean = self.posterior_mean(self.centres[k], y, t)
-            y = (mean + self._gather("post_var", t).sqrt() * torch.randn_like(mean)).float()
+            k, y = self.reverse_step(y, step)
+        return k
 
     @torch.no_grad()
     def sample_strided(self, num_samples: int, steps: int, eta: float = 0.0) -> torch.Tensor:

@@ -55,8 +55,9 @@ in K (Burda et al. 2016). A trajectory is drawn backwards (y_T ~ q(y_T | y₀), 
 the forward process's joint, at no network cost; its T passes then run batched, so IW-VLB-K costs K·T passes.
 
 Training minimises the cross-entropy −log π_θ(x | y_t) at t ~ U{1..T} (CDCD's score-interpolation loss; its
-minimiser is the true marginal posterior, which makes the mixture step right), optionally plus ``vlb_weight`` ×
-a one-t estimate of the bound (the hybrid loss of Nichol & Dhariwal 2021). The validation score is a stratified
+minimiser is the true marginal posterior, which makes the mixture step right). Adding 0.1 × a one-t estimate of
+the bound (the hybrid loss of Nichol & Dhariwal 2021) was measured no better (test VLB 82.7 vs 82.5 nats at
+100 epochs, seed 0) and is not offered. The validation score is a stratified
 estimate of the same bound: 1..T cut into ~``val_strata`` blocks growing with t (the first are single steps),
 one t per block per image, fixed draws, on the trainer's ``num_val`` = 64 validation images (train_defaults), so
 the logged validation NLL is on the test VLB's scale (within 2 nats, tested) at about a quarter of its cost.
@@ -84,7 +85,6 @@ class DiffusionConfig:
     channels: int = 16  # U-Net width at full resolution (doubled at each downsampling)
     num_levels_unet: int = 1  # U-Net downsamplings (fewer where the image size does not allow them)
     embed_fraction: float = 0.1  # embed(x) reads the bottleneck at t = ⌈fraction · T⌉, with noise-free y_t
-    vlb_weight: float = 0.0  # λ of the hybrid loss L_CE + λ L_vlb (both per pixel); 0 = cross-entropy only
     val_strata: int = 30  # validation scores one t in each of this many blocks of steps (T = every t)
     val_seed: int = 0  # seed of the fixed random numbers of the validation bound estimate
 
@@ -97,8 +97,6 @@ class DiffusionConfig:
             raise ValueError(f"embed_fraction must be in (0, 1], got {self.embed_fraction}")
         if self.val_strata < 1:
             raise ValueError(f"val_strata must be ≥ 1, got {self.val_strata}")
-        if self.vlb_weight < 0:
-            raise ValueError(f"vlb_weight must be ≥ 0, got {self.vlb_weight}")
 
 
 def beta_schedule(kind: str, T: int) -> torch.Tensor:
@@ -207,7 +205,9 @@ class Diffusion(GenerativeModel):
     can_sample = True
     can_embed = True
     embed_note = "U-Net bottleneck (flattened) at a small t, with the noise-free y_t = √ᾱ_t y₀"
-    train_defaults = {"max_epochs": 150, "patience": 30, "batch_size": 64, "lr": 2e-3, "num_val": 64}
+    # ~0.25 s CPU per epoch of training plus ~0.15 s of validation on digits: 100 epochs ≈ 45 s single-threaded
+    # (the validation bound plateaus from ~90 epochs). num_val: the validation bound is scored on 64 images.
+    train_defaults = {"max_epochs": 100, "patience": 30, "batch_size": 64, "lr": 2e-3, "num_val": 64}
 
     def __init__(self, cfg: DiffusionConfig, info):
         super().__init__(cfg, info)
@@ -304,23 +304,14 @@ class Diffusion(GenerativeModel):
 
     # --- training ----------------------------------------------------------------------------------------
     def loss(self, x):
-        """Cross-entropy of x under π_θ(· | y_t) at t ~ U{1..T} (Dieleman et al. 2022), per pixel, plus
-        ``vlb_weight`` × the one-t estimate of the bound (nats per pixel)."""
+        """Cross-entropy of x under π_θ(· | y_t) at t ~ U{1..T} (Dieleman et al. 2022), nats per pixel."""
         x = self.check_input(x)
         y0 = to_symmetric(x, self.info.num_levels)  # (B, C, H, W)
-        T, D = self.cfg.num_steps, self.info.num_dims
-        t = torch.randint(1, T + 1, (y0.shape[0],), device=y0.device)
+        t = torch.randint(1, self.cfg.num_steps + 1, (y0.shape[0],), device=y0.device)
         y_t = self.q_sample(y0, t, torch.randn_like(y0))
         log_pi = self.posterior_logits(y_t, t)
         ce = -self.decoder_log_prob(log_pi, x)  # (B,) −log π_θ(x | y_t), the decoder's loss at t = 1
-        loss = ce.mean() / D
-        logs = {"ce_nats": float(ce.detach().mean())}
-        if self.cfg.vlb_weight:
-            ratio = torch.where(t == 1, -ce, self.step_log_ratio(log_pi, y0, t, torch.randn_like(y0)))
-            vlb = self.prior_term(y0) - T * ratio  # unbiased for the bound (one t, one y_{t−1} draw)
-            loss = loss + self.cfg.vlb_weight * vlb.mean() / D
-            logs["vlb_nats"] = float(vlb.detach().mean())
-        return loss.float(), logs
+        return (ce.mean() / self.info.num_dims).float(), {"ce_nats": float(ce.detach().mean())}
 
     # --- the variational bound ---------------------------------------------------------------------------
     def marginal_log_ratios(self, x, y0, t, generator=None, chunk_images: int = 2048) -> torch.Tensor:

@@ -235,6 +235,12 @@ class Diffusion(GenerativeModel):
     def sampling_passes(self) -> int:
         return self.cfg.num_steps
 
+    @property
+    def chunk_images(self) -> int:
+        """Images per batch of network passes in the bounds and the sampler: at most 2048, and at most ~8M logits
+        (32 MB a float32 tensor; 40 images at 28×28 with 256 levels)."""
+        return max(1, min(2048, 2**23 // (self.info.num_dims * self.info.num_levels)))
+
     # --- the pieces of the model -------------------------------------------------------------------------
     def _gather(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return getattr(self, name)[t][:, None, None, None]  # (B, 1, 1, 1) float64
@@ -314,10 +320,10 @@ class Diffusion(GenerativeModel):
         return (ce.mean() / self.info.num_dims).float(), {"ce_nats": float(ce.detach().mean())}
 
     # --- the variational bound ---------------------------------------------------------------------------
-    def marginal_log_ratios(self, x, y0, t, generator=None, chunk_images: int = 2048) -> torch.Tensor:
+    def marginal_log_ratios(self, x, y0, t, generator=None) -> torch.Tensor:
         """(N,) one-draw log p/q of step t[i] for image i of (x, y0) (N rows each): y_t ~ q(y_t | y₀) and an
         antithetic pair y_{t−1} ~ q(y_{t−1} | y_t, y₀) drawn afresh for every row, in batches of ``chunk_images``."""
-        out = []
+        out, chunk_images = [], self.chunk_images
         for i in range(0, len(t), chunk_images):
             y0c, tc = y0[i : i + chunk_images], t[i : i + chunk_images]
             eps = torch.randn(y0c.shape, generator=generator, device=y0.device)
@@ -334,11 +340,11 @@ class Diffusion(GenerativeModel):
         return terms.view(T, B).sum(0) - self.prior_term(y0)
 
     @torch.no_grad()
-    def trajectory_log_weights(self, x: torch.Tensor, chunk_images: int = 2048) -> torch.Tensor:
+    def trajectory_log_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) log p_θ(x, y_{1:T}) / q(y_{1:T} | x) for one forward trajectory per image.
 
         The trajectory is drawn backwards (y_T ~ q(y_T | y₀), then y_{t−1} ~ q(y_{t−1} | y_t, y₀)), which is the
-        forward process's joint; it costs no network pass, so the T passes then run in batches of steps.
+        forward process's joint; it costs no network pass, so the T passes then run batched (``chunk_images``).
         """
         y0 = to_symmetric(x, self.info.num_levels)
         B, T = y0.shape[0], self.cfg.num_steps
@@ -350,18 +356,15 @@ class Diffusion(GenerativeModel):
             ys[step - 1] = (self.posterior_mean(y0, ys[step], t) + self._gather("post_var", t).sqrt() * zs[step]).float()
         y_T = ys[T].double()
         log_w = (-0.5 * y_T**2 + 0.5 * eps.double() ** 2 + 0.5 * torch.log(1 - self.abar[-1])).flatten(1).sum(1)
-        per_chunk = max(1, chunk_images // B)
-        for start in range(1, T + 1, per_chunk):
-            steps = range(start, min(start + per_chunk, T + 1))
-            n = len(steps)
-            t = torch.arange(start, start + n, device=x.device).repeat_interleave(B)
-            terms = self.log_ratio(x.repeat(n, 1, 1, 1), y0.repeat(n, 1, 1, 1), torch.cat([ys[s] for s in steps]), t,
-                                   torch.cat([zs[s] for s in steps]))
-            log_w = log_w + terms.view(n, B).sum(0)
-        return log_w
+        y_t, z = torch.cat([ys[s] for s in range(1, T + 1)]), torch.cat([zs[s] for s in range(1, T + 1)])  # (T·B, ...)
+        t = torch.arange(1, T + 1, device=x.device).repeat_interleave(B)  # step-major, as y_t
+        x_rep, y0_rep, n = x.repeat(T, 1, 1, 1), y0.repeat(T, 1, 1, 1), self.chunk_images
+        terms = torch.cat([self.log_ratio(x_rep[i : i + n], y0_rep[i : i + n], y_t[i : i + n], t[i : i + n], z[i : i + n])
+                           for i in range(0, T * B, n)])
+        return log_w + terms.view(T, B).sum(0)
 
     @torch.no_grad()
-    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk_images: int = 2048) -> torch.Tensor:
+    def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """(B,) IW-VLB-k: log (1/K) Σ_k p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x), y^k from the forward process.
 
         A lower bound on log p(x) for every K (Burda et al. 2016), equal to the VLB in expectation at K = 1 and
@@ -371,11 +374,11 @@ class Diffusion(GenerativeModel):
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         B = x.shape[0]
-        group = max(1, min(k, chunk_images // B))
+        group = max(1, min(k, self.chunk_images // B))
         log_w = []
         for start in range(0, k, group):
             n = min(group, k - start)
-            log_w.append(self.trajectory_log_weights(x.repeat(n, 1, 1, 1), chunk_images).view(n, B))
+            log_w.append(self.trajectory_log_weights(x.repeat(n, 1, 1, 1)).view(n, B))
         return torch.logsumexp(torch.cat(log_w), 0) - math.log(k)
 
     @torch.no_grad()
@@ -411,10 +414,13 @@ class Diffusion(GenerativeModel):
     @torch.no_grad()
     def _sample(self, num_samples):
         """Ancestral sampling through all T mixture steps; the last draws the image from the decoder π_θ(x | y₁)."""
-        y = torch.randn(num_samples, *self.info.shape, device=self.device)
-        for step in range(self.cfg.num_steps, 0, -1):
-            k, y = self.reverse_step(y, step)
-        return k
+        out = []
+        for start in range(0, num_samples, self.chunk_images):
+            y = torch.randn(min(self.chunk_images, num_samples - start), *self.info.shape, device=self.device)
+            for step in range(self.cfg.num_steps, 0, -1):
+                k, y = self.reverse_step(y, step)
+            out.append(k)
+        return torch.cat(out)
 
     @torch.no_grad()
     def sample_strided(self, num_samples: int, steps: int, eta: float = 0.0) -> torch.Tensor:

@@ -31,7 +31,7 @@ analytic optimum of Bao et al. 2022), with no extra head, and the small-t steps 
 level. If the data factorise over pixels and π_θ is the exact marginal posterior, p_θ(y_{t−1} | y_t) is the true
 reverse step and the bound below is exactly −log p(x) at every T (tested): the bound measures the model, not
 the step count. Measured on digits (8×8, 17 levels, T = 100, cosine schedule, train_defaults): test VLB
-≈ 8x.x nats/image, IW-VLB-8 ≈ 8x.x (the README's table has the runs).
+≈ 82.5 / 82.8 nats/image (seeds 0 / 1), IW-VLB-8 81.2 / 81.8; per-pixel histogram 106.5, old model 117.7.(the README's table has the runs).
 
 The variational bound (a bound on the same discrete likelihood as every other family's, DESIGN.md):
 
@@ -40,17 +40,20 @@ The variational bound (a bound on the same discrete likelihood as every other fa
         L_{t−1} = E_{q(y_t | y₀)} KL(q(y_{t−1} | y_t, y₀) ‖ p_θ(y_{t−1} | y_t))
         L₀      = −E_{q(y₁ | y₀)} log p_θ(x | y₁)
 
-A KL to a mixture has no closed form, so ``log_prob`` estimates each L_{t−1} by one y_t ~ q(y_t | y₀) and one
-antithetic pair y_{t−1} = μ̃_t(y₀, y_t) ± √β̃_t z, summing every t = 1..T (T network passes per image): an
-unbiased estimate of the bound (one draw can fall on either side of it; the test-split mean has a standard
-error well under a nat). With u_k = z + (coef of y₀)/√β̃_t · (y₀ − c_k), the one-draw log-ratio per pixel is
-log Σ_k π_k exp(−u_k²/2) + z²/2, with no difference of two large log-densities.
+A KL to a mixture has no closed form, so the bound is estimated by Monte Carlo. ``log_prob`` draws one forward
+trajectory y_{1:T} ~ q(· | x) and returns log p_θ(x, y_{1:T}) / q(y_{1:T} | x) (T network passes per image), an
+unbiased estimate of −(the bound) whose per-step ratios telescope: its variance vanishes as the model's reverse
+process approaches the forward one (per-image sd 2.0 nats on digits, against 6.0 for independent draws of each
+y_t). The validation score samples the per-t form instead (each t with its own y_t ~ q(y_t | y₀) and an antithetic
+pair y_{t−1} = μ̃_t(y₀, y_t) ± √β̃_t z), which can be stratified over t. With u_k = z + (coef of y₀)/√β̃_t · (y₀ − c_k),
+the one-draw log-ratio of a step per pixel is log Σ_k π_k exp(−u_k²/2) + z²/2, with no difference of two large
+log-densities.
 
 The importance-weighted bound over K forward trajectories (``log_prob_iwae``, named "IW-VLB" by the evaluator):
 
     IW-VLB-K = log (1/K) Σ_k w_k,   w_k = p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x),   y^k_{1:T} ~ q(· | x),
 
-with E[w] = p_θ(x), so E[IW-VLB-K] ≤ log p_θ(x) (Jensen), E[IW-VLB-1] = −VLB, and E[IW-VLB-K] is non-decreasing
+with E[w] = p_θ(x), so E[IW-VLB-K] ≤ log p_θ(x) (Jensen), IW-VLB-1 is ``log_prob``, and E[IW-VLB-K] is non-decreasing
 in K (Burda et al. 2016). A trajectory is drawn backwards (y_T ~ q(y_T | y₀), then y_{t−1} ~ q(y_{t−1} | y_t, y₀)),
 the forward process's joint, at no network cost; its T passes then run batched, so IW-VLB-K costs K·T passes.
 
@@ -331,8 +334,19 @@ class Diffusion(GenerativeModel):
             out.append(self.log_ratio(x[i : i + chunk_images], y0c, self.q_sample(y0c, tc, eps), tc, z, antithetic=True))
         return torch.cat(out)
 
-    def _log_prob(self, x, generator: torch.Generator | None = None):
-        """−L_T + Σ_{t=1}^T (one-draw log p/q of step t), every t summed, (B,) nats; ``generator`` fixes the draws."""
+    def _log_prob(self, x):
+        """(B,) log p_θ(x, y_{1:T}) / q(y_{1:T} | x) at one forward trajectory: an unbiased estimate of −(the VLB).
+
+        One trajectory rather than independent draws of each y_t: the per-step ratios then telescope, so the
+        estimate's variance vanishes as p_θ(y_{1:T} | x) approaches q(y_{1:T} | x) (measured per-image sd on digits
+        2.0 nats vs 6.0 for independent draws per t, at the same T passes; on a toy space the untrained model,
+        exact for the uniform distribution, gives Σ_x exp(log_prob) = 1 to 1e-6 instead of 1.07).
+        """
+        return self.trajectory_log_weights(x)
+
+    def marginal_log_prob(self, x, generator: torch.Generator | None = None):
+        """−L_T + Σ_{t=1}^T (one-draw log p/q of step t), each t with its own y_t ~ q(y_t | y₀): the per-t estimate
+        the stratified validation score samples from, (B,) nats; ``generator`` fixes the draws."""
         y0 = to_symmetric(x, self.info.num_levels)
         B, T = y0.shape[0], self.cfg.num_steps
         t = torch.arange(1, T + 1, device=x.device).repeat_interleave(B)  # (T·B,): step-major

@@ -205,6 +205,7 @@ class Diffusion(GenerativeModel):
     estimator = "VLB"
     supports_iwae = True  # log_prob_iwae: importance weighting over K forward trajectories
     iwae_estimator = "IW-VLB"  # how the evaluator names that bound (it is not a VAE's IWAE)
+    loss_name = "cross-entropy of the x₀ posterior at t ~ U{1..T} (nats/image)"
     can_sample = True
     can_embed = True
     embed_note = "U-Net bottleneck (flattened) at a small t, with the noise-free y_t = √ᾱ_t y₀"

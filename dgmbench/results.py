@@ -27,7 +27,6 @@ class RunInfo(Result):
     family: str  # row label, e.g. "prescribed (VAE)"
     likelihood: str  # the family's declaration: exact | bound | none
     status: str  # ok | diverged | failed (a non-finite headline test metric, set by the tables: identity.py)
-    failed_reason: str | None = None  # why a run that trained ok counts as failed
     diverged_epoch: int | None
     diverged_reason: str | None
     epochs_run: int | None
@@ -38,6 +37,7 @@ class RunInfo(Result):
     evaluation_index: int  # 0 for the first evaluation of this run directory, +1 for each re-evaluation
     evaluated: dict[str, bool]  # evaluator → it ran and applied (True) / ran and did not apply (False)
     eval_settings: dict[str, dict[str, Any]]  # evaluator → the settings it ran with
+    failed_reason: str | None = None  # why a run that trained ok counts as failed (set by the tables)
 
 
 @dataclass

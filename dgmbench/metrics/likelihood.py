@@ -35,8 +35,8 @@ from . import Result, batched, register_evaluator
 @dataclass
 class LikelihoodConfig:
     iwae_k: int = 1000  # importance samples per image for the importance-weighted bound
-    iwae_k_overrides: dict[str, int] = field(default_factory=lambda: {"diffusion": 16})  # per family (registered name)
-    iwae_repeats: int = 3  # independent repeats of the importance-weighted estimate (its standard error)
+    iwae_k_overrides: dict[str, int] = field(default_factory=lambda: {"diffusion": 8})  # per family: K trajectories × T passes
+    iwae_repeats: int = 2  # independent repeats of the importance-weighted estimate (its standard error)
     bound_repeats: int = 2  # independent repeats of a stochastic single-sample bound (its standard error)
     batch_size: int = 256  # test images per forward pass
 

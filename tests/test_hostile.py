@@ -277,7 +277,7 @@ def test_a_second_writer_is_refused(command, capsys, isolated_cwd, runs, tmp_pat
     ("train.batch_size=99999999999999", "out of range"),
     ("train.max_epochs=1e30", "max_epochs"),
     ("hparams.beta=nan", "hparams.vae.beta = nan is not a finite number"),
-    ("eval.sampling.measure_seconds=inf", "eval.sampling.measure_seconds = inf is not a finite number"),
+    ("eval.sampling.measure_seconds=inf", "evaluation settings are not part of a training run"),
     ("threads=100000", "threads must be an integer from 1 to 1024"),
 ])
 def test_out_of_domain_settings_are_refused(setting, expected, capsys, isolated_cwd):
@@ -493,7 +493,10 @@ def test_bad_config_json(argv, expected, capsys, isolated_cwd):
      "section 'likelihood' is not a mapping"),
     (b"\xff\xfe\x00", "not valid JSON"),
     ('{"run": {"dataset": "digits", "model": "vae", "seed": 0, "status": "ok", "family": "vae"},'
-     ' "likelihood": {"type": "exact"}}', "lacks a field the tables read"),
+     ' "likelihood": {"type": "exact"}}', "no 'run' or 'test_subset' section"),
+    ('{"run": {"dataset": "digits", "model": "vae", "seed": 0, "status": "ok", "family": "vae"}, "test_subset": '
+     '{"num_images": 1, "num_split": 1, "indices_sha1": "x", "seed": 0}, "likelihood": {"type": "exact"}}',
+     "lacks field"),
 ])
 def test_malformed_metrics_files_in_tables(content, expected, capsys, isolated_cwd, tmp_path):
     d = tmp_path / "runs" / "digits" / "vae" / "seed0"
@@ -503,3 +506,11 @@ def test_malformed_metrics_files_in_tables(content, expected, capsys, isolated_c
     msg = fails(capsys, "tables", "--runs", tmp_path / "runs", "--out", tmp_path / "out")
     assert expected in msg
     assert snapshot(tmp_path / "runs") == before
+
+
+def test_out_of_domain_evaluation_setting_in_a_grid_is_refused(capsys, isolated_cwd):
+    """Evaluation settings live in the grid's eval: section; an infinite one is refused there, in one line."""
+    grid = isolated_cwd / "grid.yaml"
+    grid.write_text("eval:\n  sampling: {measure_seconds: .inf}\n")
+    msg = fails(capsys, "train", "--config", str(grid), "--dataset", "digits", "--model", "vae", *FAST)
+    assert "eval.sampling.measure_seconds = inf is not a finite number" in msg

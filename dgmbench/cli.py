@@ -41,12 +41,12 @@ def cmd_list(args) -> int:
     print("models:")
     for name in MODELS.names():
         cls = MODELS.get(name)
-        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}")
+        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}  ({MODELS.source(name)})")
     print("datasets:")
     for name in DATASETS.names():
         info = DATASETS.get(name).info
         shape = "×".join(map(str, info.shape))
-        print(f"  {name:<14} {shape:<8} {info.num_levels:>3} levels  {info.description}")
+        print(f"  {name:<14} {shape:<8} {info.num_levels:>3} levels  {info.description}  ({DATASETS.source(name)})")
     return 0
 
 

@@ -315,3 +315,16 @@ def test_sweep_grids_validate_and_keep_their_multipliers(path):
             default = MODELS.get(v["model"]).train_defaults.get("lr", 1e-3)
             mult = v["train"]["lr"] / default
             assert min(abs(mult - 0.3), abs(mult - 3.0)) < 1e-9, (name, mult)
+
+
+def test_threshold_gap_names_the_neighbours_and_flags_near_misses():
+    from dgmbench.tables.matrix import threshold_gap
+
+    measured = [(0.001, "vae"), (0.010, "diffusion"), (0.087, "gan")]
+    note = threshold_gap("max_noise", 0.02, measured)
+    assert "between diffusion (1.0%) and gan (8.7%)" in note and "ratio of 8.7" in note
+    assert "flip" not in note  # nothing within ×1.5 of 2 %
+    near = threshold_gap("max_noise", 0.02, measured + [(0.025, "idf")])
+    assert "between diffusion (1.0%) and idf (2.5%)" in near and near.endswith("could flip the verdict: idf.")
+    assert "every family is below" in threshold_gap("max_noise", 0.02, measured[:2])
+    assert threshold_gap("max_noise", 0.02, []) == ""

@@ -40,6 +40,29 @@ class Thresholds:
 
 THRESHOLDS = Thresholds()
 
+
+def threshold_gap(name: str, threshold: float, measured: list[tuple[float, str]]) -> str:
+    """Where a threshold sits in the measured distribution (sorted (value, model) pairs), in words: the largest
+    value at or below it, the smallest above, and a warning when a measured value lies within a factor 1.5 of it
+    (a verdict that a rerun could flip)."""
+    if not measured:
+        return ""
+    below = [(v, m) for v, m in measured if v <= threshold]
+    above = [(v, m) for v, m in measured if v > threshold]
+    parts = []
+    if below and above:
+        parts.append(f"{name} sits in the gap between {below[-1][1]} ({fmt_pct(below[-1][0])}) and "
+                     f"{above[0][1]} ({fmt_pct(above[0][0])}), a ratio of {above[0][0] / max(below[-1][0], 1e-12):.1f}")
+    elif below:
+        parts.append(f"every family is below {name}; the largest, {below[-1][1]}, is at "
+                     f"{below[-1][0] / threshold:.0%} of it")
+    else:
+        parts.append(f"every family is above {name}")
+    close = [m for v, m in measured if threshold / 1.5 <= v <= threshold * 1.5]
+    if close:
+        parts.append(f"within ×1.5 of the threshold, so a rerun could flip the verdict: {', '.join(close)}")
+    return "; ".join(parts) + "."
+
 # The lecture's matrix ("Introduction to Deep Generative Modeling"): its four families' rows, and the base models
 # that stand for each family here. The flow row has two: the discrete flow (idf), exact on the data's integer
 # levels, and the continuous RealNVP/Glow flow, exact as a density of dequantised data but a bound on the levels.
@@ -488,13 +511,19 @@ def stability_table(runs: list, out_dir: Path) -> list[Path]:
     noise = sorted((v, m) for (d, m), g in base_groups(runs).items()
                    for v in [seed_stability(g)["noise"]] if not math.isnan(v))
     spread = ", ".join(f"{m} {fmt_pct(v)}" for v, m in noise)
+    cvs = sorted((v, m) for (d, m), g in base_groups(runs).items()
+                 for v in [seed_stability(g)["cv"]] if not math.isnan(v))
     notes = ["final metric: the test NLL (bits/dim) for likelihood families, the Fréchet distance of the samples for "
              "the other sampling families (GAN), the linear-probe test accuracy for encoders; seed CV = sample sd / "
              "|mean| of it over the runs that did not fail. failed = diverged, or a final metric that is not finite.",
              "loss noise = relative epoch-to-epoch noise of the training loss over its second half: sd of the second "
              "difference / √6 (σ for white noise) / the mean |loss| there; it ignores the curve's level and slow "
              "trends, so equal noise on a decaying and a flat curve scores the same (tests/test_stability.py). "
-             f"Threshold max_noise = {fmt_pct(THRESHOLDS.max_noise)}; measured here: {spread or '—'}.",
+             f"Threshold max_noise = {fmt_pct(THRESHOLDS.max_noise)}; measured here: {spread or '—'}. "
+             + threshold_gap("max_noise", THRESHOLDS.max_noise, noise),
+             f"Threshold max_seed_cv = {fmt_pct(THRESHOLDS.max_seed_cv)}; measured here: "
+             f"{', '.join(f'{m} {fmt_pct(v)}' for v, m in cvs) or '—'}. "
+             + threshold_gap("max_seed_cv", THRESHOLDS.max_seed_cv, cvs),
              "'loss rose in' = fraction of epochs whose training loss went up (a minimised loss rarely rises; an "
              "adversarial game's does). 'training loss' names the curve (the GAN's is its discriminator's loss).",
              "lr sensitivity = max relative change of the final metric at ×0.3 and ×3 the family's learning rate "

@@ -44,7 +44,8 @@ THRESHOLDS = Thresholds()
 def threshold_gap(name: str, threshold: float, measured: list[tuple[float, str]]) -> str:
     """Where a threshold sits in the measured distribution (sorted (value, model) pairs), in words: the largest
     value at or below it, the smallest above, and a warning when a measured value lies within a factor 1.5 of it
-    (a verdict that a rerun could flip)."""
+    (a verdict that a rerun could flip). The pairs need not be sorted."""
+    measured = sorted(measured)
     if not measured:
         return ""
     below = [(v, m) for v, m in measured if v <= threshold]

@@ -101,3 +101,26 @@ def test_run_config_round_trips_through_its_dict():
 
 def test_every_dataset_is_listed():
     assert {"digits", "fashion-mnist", "mnist5k", "animal-mnist", "mnist", "cifar10"} <= set(list_datasets())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml"))
+def test_every_other_grid_writes_its_tables_under_its_own_directory(name):
+    """Only the default grid may rebuild the committed results/tables and results/figures."""
+    grid = load_grid(REPO / "config" / name)
+    out = Path(grid["results_dir"])
+    assert out.parts[0] == "results" and len(out.parts) == 2, f"{name}: results_dir {out} is not results/<grid>"
+
+
+def test_smoke_dry_run_plans_nothing_in_the_committed_tables(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    snakemake = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.run([str(snakemake), "-n", "--configfile", "config/smoke.yaml"], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "PATH": f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outputs = [line.split("output:", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if "output:" in line]
+    assert any("results/smoke/" in o for o in outputs), "the dry run planned no smoke job at all"
+    planned = [p.strip() for o in outputs for p in o.split(",")]
+    assert not [p for p in planned if p.startswith(("results/tables", "results/figures", "results/runs/"))], planned

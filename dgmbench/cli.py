@@ -143,7 +143,8 @@ class _VersionAction(argparse.Action):
             torch_version = metadata.version("torch")
         except metadata.PackageNotFoundError:
             torch_version = "not installed"
-        parser.exit(message=f"dgmbench {__version__} (torch {torch_version}, python {sys.version.split()[0]})\n")
+        print(f"dgmbench {__version__} (torch {torch_version}, python {sys.version.split()[0]})")  # stdout, as argparse's
+        parser.exit()
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -152,7 +153,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_VersionAction, help="print the dgmbench and torch versions and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress lines")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                         help="one of the following; `dgmbench COMMAND --help` lists its options")
 
     sub.add_parser("list", help="registered models and datasets",
                    description="Registered models (with their likelihood: exact, bound or none) and datasets "

@@ -8,11 +8,13 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import yaml
@@ -147,3 +149,46 @@ def test_evaluate_prints_one_flushed_line_per_evaluator_with_its_time(tiny_run, 
         assert any(snapshot.endswith(line + "\n") for snapshot in out.flushed), f"{name}'s line was not flushed"
     assert total <= wall
     assert lines[-1].endswith(f"wrote {tiny_run['run'] / 'metrics.json'}")
+
+
+@pytest.mark.parametrize("target, results", [("bench", "results"), ("smoke", "results/smoke")])
+def test_make_grid_targets_end_by_saying_where_the_results_are(target, results, tmp_path):
+    """`make bench` / `make smoke` with a stand-in snakemake (the real grids take minutes to hours): the last lines
+    name the grid's matrix, one verdict line per model of its matrix.csv, and the report; a failed snakemake
+    points to the logs and keeps its exit status. Run on a copy of the committed tables, so a smoke grid that was
+    never run here is covered too."""
+    import shutil
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on PATH")
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(repo / "Makefile", work)
+    shutil.copytree(repo / "results" / "tables", work / results / "tables")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    fake = venv / "bin" / "snakemake"
+    fake.write_text('#!/bin/sh\nexit "${FAKE_STATUS:-0}"\n')
+    fake.chmod(0o755)
+    stamp = venv / ".dgmbench-installed"  # -o: the venv counts as set up, whatever the time stamps say
+    argv = [make, "-s", "-o", str(stamp), target, f"VENV={venv}"]
+
+    proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"make {target}: snakemake finished with status 0")
+    assert lines[1] == f"comparison matrix: {results}/tables/matrix.md"
+    with open(work / results / "tables" / "matrix.csv", newline="") as f:
+        models = [row["model"] for row in csv.DictReader(f)]
+    rows = lines[2 : 2 + len(models)]
+    assert [line.split()[1] for line in rows] == models
+    assert all(re.search(r"training \S+, likelihood \S+, sampling \S+, lossy \S+, lossless \S+; vs lecture", r)
+               for r in rows)
+    assert lines[-1].startswith(f"report: {results}/report.html")
+
+    failed = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60, env={**os.environ, "FAKE_STATUS": "3"})
+    assert failed.returncode != 0 and f"{results}/logs/" in failed.stderr
+    assert "comparison matrix" not in failed.stdout

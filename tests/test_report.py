@@ -15,17 +15,21 @@ import select
 import shutil
 import subprocess
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import TINY_EVAL, TINY_TRAIN
 from test_pipeline import snakemake
 
+from dgmbench.tables import html_page
+
 MODELS = ["arm", "vae"]  # an exact and a bound family: two matrix rows that differ in every column
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
-pytestmark = pytest.mark.slow  # runs the pipeline: about a minute on 2 idle cores, many under load
+slow = pytest.mark.slow  # the tests on the grid run the pipeline: about a minute on 2 idle cores, many under load
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +174,7 @@ def open_result(browser: Browser, url: str, category: str, label: str) -> str:
                             "document.querySelector('#app').innerText")
 
 
+@slow
 @needs_chromium
 def test_report_opens_on_the_matrix_with_one_row_per_family(grid_run, browser):
     url = (grid_run / "report.html").as_uri()
@@ -190,6 +195,7 @@ def test_report_opens_on_the_matrix_with_one_row_per_family(grid_run, browser):
     browser.screenshot("report_matrix")
 
 
+@slow
 @needs_chromium
 def test_every_table_and_figure_has_its_own_caption(grid_run, browser):
     url = (grid_run / "report.html").as_uri()
@@ -217,6 +223,7 @@ def test_every_table_and_figure_has_its_own_caption(grid_run, browser):
     browser.screenshot("report_figure")
 
 
+@slow
 def test_a_checkout_without_run_records_says_so_once(grid_run, tmp_path):
     """A fresh clone has the results but no .snakemake/metadata: one note, not one warning per file."""
     fresh = tmp_path / "fresh"
@@ -226,3 +233,43 @@ def test_a_checkout_without_run_records_says_so_once(grid_run, tmp_path):
     log = proc.stdout + proc.stderr
     assert "Missing metadata" not in log and log.count("No Snakemake run record") == 1, log[-3000:]
     assert (fresh / "report.html").stat().st_size > 0
+
+
+class CellText(HTMLParser):
+    """The text of each table cell (rows of th/td) and of each list item of a page, as a browser would show it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.items, self.text = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th", "li"):
+            self.text = ""
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append(self.text)
+        elif tag == "li":
+            self.items.append(self.text)
+        if tag in ("td", "th", "li"):
+            self.text = None
+
+
+def test_html_page_shows_every_cell_and_note_as_written():
+    """The page a report shows: the header and every cell as the table holds them (markup in a value is text, not
+    HTML), the notes below as list items."""
+    df = pd.DataFrame({"model": ["arm", "<b>vae</b>"], "NLL (bits/dim)": ["1.83 ± 0.01", "2 & more"], "seeds": [3, 1]})
+    notes = ["bits/dim = nats / (D ln 2)", "a <note> & more"]
+    page = CellText()
+    page.feed(html_page(df, "likelihood", notes))
+    assert page.rows == [list(df.columns), *[[str(v) for v in row] for row in df.itertuples(index=False)]]
+    assert page.items == notes
+    empty = CellText()
+    empty.feed(html_page(df.iloc[:0], "likelihood"))
+    assert empty.rows == [] and empty.items == []

@@ -88,8 +88,11 @@ export SUMMARY_PY
 tables: setup
 	$(BIN)/dgmbench tables --runs results/runs --out results
 
+# The tables and figures of results/ with their captions (workflow/report/), the comparison matrix first; made from
+# what is there, nothing is rerun. Open results/report.html in a browser.
 report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html
+	@echo "make report: wrote $(CURDIR)/results/report.html (open it in a browser: the comparison matrix comes first)"
 
 ui: setup
 	$(BIN)/dgmbench ui

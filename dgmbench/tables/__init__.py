@@ -9,6 +9,7 @@ A builder reads attributes of those results, never string keys, and a cell whose
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -84,20 +85,42 @@ def fmt_stderr(values: Iterable[float | None], digits: int = 3) -> str:
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, *, notes: list[str] = (), tex: bool = False) -> list[Path]:
-    """Write ``tables/<name>.csv`` and ``.md`` (and ``.tex``); notes go under the markdown table."""
+    """Write ``tables/<name>.csv``, ``.md`` and ``.html`` (and ``.tex``); notes go under the markdown and HTML
+    tables (the HTML is what `snakemake --report` shows)."""
     tdir = Path(out_dir) / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
-    paths = [tdir / f"{name}.csv", tdir / f"{name}.md"]
+    paths = [tdir / f"{name}.csv", tdir / f"{name}.md", tdir / f"{name}.html"]
     df.to_csv(paths[0], index=False)
     md = df.to_markdown(index=False) if len(df) else "(no runs)"
     text = md + "\n"
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     paths[1].write_text(text)
+    paths[2].write_text(html_page(df, name, notes))
     if tex:
         paths.append(tdir / f"{name}.tex")
         paths[-1].write_text(df.to_latex(index=False, escape=True))
     return paths
+
+
+# The page's own style: the report shows it in a frame of its own, so nothing of the report's style reaches it.
+HTML_STYLE = (
+    "body{font:13px/1.4 system-ui,sans-serif;margin:0.5em}"
+    "table{border-collapse:collapse}"
+    "th,td{border:1px solid #ccc;padding:0.2em 0.5em;text-align:left;vertical-align:top;min-width:5em;max-width:30em}"
+    "th{background:#eee;position:sticky;top:0}"
+    "tbody tr:nth-child(even){background:#f7f7f7}"
+    "ul{max-width:70em}"
+)
+
+
+def html_page(df: pd.DataFrame, name: str, notes: list[str] = ()) -> str:
+    """One table as a standalone HTML page: the table (values escaped), its notes as a list below it."""
+    table = df.to_html(index=False, border=0, escape=True) if len(df) else "<p>(no runs)</p>"
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(name)}</title>'
+            f"<style>{HTML_STYLE}</style></head>\n<body>\n{table}\n" + (f"<ul>{items}</ul>\n" if notes else "")
+            + "</body></html>\n")
 
 
 def group_runs(runs: list[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:

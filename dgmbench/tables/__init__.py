@@ -1,4 +1,5 @@
-"""results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else.
+"""results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else (a copy of
+which, ``results/metrics``, is committed beside them: tables/committed.py).
 
 Each table module registers a builder ``fn(runs, out_dir) -> list[Path]`` with :func:`register_table`;
 ``dgmbench tables`` loads every ``metrics.json`` under the runs directory as a typed
@@ -119,13 +120,19 @@ def ok_results(runs: list[RunRecord], name: str) -> list:
 
 
 def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:
+    """Every table and figure from the metrics.json files under ``runs_dir``, and a copy of those inputs in
+    ``out_dir/metrics`` that rebuilds them (tables/committed.py). Returns the paths written."""
+    from .committed import check_runs_dir, copy_inputs
+    from .figures import shown_sample_grids
+
+    check_runs_dir(runs_dir, out_dir)
     runs = load_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {runs_dir}; run the pipeline (snakemake) or dgmbench evaluate first")
     written = []
     for name in TABLES.names():
         written += TABLES.get(name)(runs, Path(out_dir))
-    return written
+    return written + copy_inputs(runs, Path(runs_dir), Path(out_dir), shown_sample_grids(runs))
 
 
 from . import figures, likelihood  # noqa: E402,F401  (register the builders)

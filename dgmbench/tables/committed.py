@@ -103,7 +103,8 @@ def check(out_dir: Path) -> str | None:
     regen = regenerate_command(out_dir)
     if not any(metrics.glob("**/metrics.json")):
         return (f"{out_dir / 'tables'} has no committed metrics beside it (no {metrics}/**/metrics.json); run "
-                f"`dgmbench tables --runs RUNS --out {out_dir}` on the runs it reports and commit {metrics}")
+                f"`dgmbench tables --runs {out_dir / 'runs'} --out {out_dir}` (the grid's runs_dir) on the runs it "
+                f"reports and commit {metrics}")
     from . import build_all
 
     with tempfile.TemporaryDirectory(prefix="dgmbench-check-") as tmp:

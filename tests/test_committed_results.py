@@ -89,6 +89,14 @@ def test_stale_copies_are_removed(tiny_runs, out, tmp_path):
     assert check(out) is None
 
 
+def test_copies_inside_the_runs_directory_are_not_read_as_runs(tiny_runs, tmp_path):
+    """`--runs DIR --out DIR/out`: the second build does not find each run twice (its copy in DIR/out/metrics)."""
+    shutil.copytree(tiny_runs, tmp_path / "runs")
+    for _ in range(2):
+        assert main(["tables", "--runs", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert check(tmp_path / "out") is None
+
+
 def test_check_names_a_changed_table_and_the_command(out, capsys):
     path = out / "tables" / "likelihood.md"
     path.write_text(path.read_text().replace("vae", "VAE", 1))

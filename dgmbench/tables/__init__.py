@@ -35,10 +35,14 @@ def register_table(name: str):
 NOT_MEASURED = "not measured"  # a cell whose input section is absent from the runs
 
 
-def load_runs(runs_dir: Path) -> list[RunRecord]:
-    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed."""
+def load_runs(runs_dir: Path, *, skip: Path | None = None) -> list[RunRecord]:
+    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed; none
+    under ``skip`` (the copies ``build_all`` writes, when they sit inside ``runs_dir``)."""
     raw = []
+    skip = Path(skip).resolve() if skip is not None else None
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
+        if skip is not None and skip in path.resolve().parents and skip != Path(runs_dir).resolve():
+            continue
         try:
             m = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -122,11 +126,10 @@ def ok_results(runs: list[RunRecord], name: str) -> list:
 def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Every table and figure from the metrics.json files under ``runs_dir``, and a copy of those inputs in
     ``out_dir/metrics`` that rebuilds them (tables/committed.py). Returns the paths written."""
-    from .committed import check_runs_dir, copy_inputs
+    from .committed import METRICS_DIR, copy_inputs
     from .figures import shown_sample_grids
 
-    check_runs_dir(runs_dir, out_dir)
-    runs = load_runs(runs_dir)
+    runs = load_runs(runs_dir, skip=Path(out_dir) / METRICS_DIR)
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {runs_dir}; run the pipeline (snakemake) or dgmbench evaluate first")
     written = []

@@ -50,15 +50,6 @@ def copy_inputs(runs: list, runs_dir: Path, out_dir: Path, shown_grids: dict) ->
     return sorted(keep)
 
 
-def check_runs_dir(runs_dir: Path, out_dir: Path) -> None:
-    """Refuse a runs directory that holds ``OUT/metrics`` without being it: every run would be read twice."""
-    runs, copies = Path(runs_dir).resolve(), (Path(out_dir) / METRICS_DIR).resolve()
-    if runs != copies and runs in copies.parents:
-        raise ValueError(f"--runs {runs_dir} contains {Path(out_dir) / METRICS_DIR}, the copies this command "
-                         f"writes, so every run would be read twice; give the run directories' root (e.g. "
-                         f"{Path(runs_dir) / 'runs'}) or {Path(out_dir) / METRICS_DIR} itself")
-
-
 def regenerate_command(out_dir: Path) -> str:
     return f"dgmbench tables --runs {Path(out_dir) / METRICS_DIR} --out {out_dir}"
 

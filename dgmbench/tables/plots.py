@@ -85,7 +85,7 @@ def _by_dataset(groups: dict) -> dict[str, dict]:
 
 # Candidate label offsets (points): rings of growing radius, eight directions each, up-right first. A label that
 # cannot sit on the first ring gets a leader line to its point.
-_RADII = (4, 9, 15, 22, 30, 40, 52)
+_RADII = (6, 10, 15, 22, 30, 40, 52)
 _ANGLES = (45, -45, 135, -135, 0, 180, 90, -90)
 
 

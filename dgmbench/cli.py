@@ -103,7 +103,7 @@ def cmd_tables(args) -> int:
         if args.runs is not None:
             raise UserError("--check rebuilds OUT's tables and figures from its committed copies in OUT/metrics; "
                             "drop --runs")
-        outs = [Path(args.out)] if args.out else results_dirs(Path.cwd())
+        outs = [Path(args.out)] if args.out else results_dirs(Path("."))
         if not outs:
             raise UserError("no committed results/**/tables under this directory; run from the repository root, "
                             "or give --out")

@@ -96,13 +96,29 @@ def cmd_evaluate(args) -> int:
 
 def cmd_tables(args) -> int:
     from .tables import build_all
+    from .tables.committed import check, results_dirs
 
+    if args.check:
+        if args.runs is not None:
+            raise UserError("--check rebuilds OUT's tables and figures from its committed copies in OUT/metrics; "
+                            "drop --runs")
+        outs = [Path(args.out)] if args.out else results_dirs(Path("."))
+        if not outs:
+            raise UserError("no committed results/**/tables under this directory; run from the repository root, "
+                            "or give --out")
+        for out in outs:
+            problem = check(out)
+            if problem:
+                raise UserError(problem)
+            print(f"ok: {out / 'tables'} and {out / 'figures'} follow from {out / 'metrics'}")
+        return 0
+    runs, out = Path(args.runs or "results/runs"), Path(args.out or "results")
     try:
-        written = build_all(Path(args.runs), Path(args.out))
+        written = build_all(runs, out)
     except ValueError as err:  # an unreadable metrics.json; the message names it and the command that rewrites it
         raise UserError(str(err)) from None
     except (KeyError, TypeError, AttributeError) as err:  # a well-formed file that lacks what a table reads
-        raise UserError(f"a metrics.json under {args.runs} lacks a field the tables read ({type(err).__name__}: "
+        raise UserError(f"a metrics.json under {runs} lacks a field the tables read ({type(err).__name__}: "
                         f"{str(err)[:100]}); rerun `dgmbench evaluate --run DIR` on runs evaluated by an older "
                         "dgmbench") from None
     for p in written:
@@ -191,10 +207,14 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")
-    tb.add_argument("--runs", default="results/runs", metavar="DIR",
+    tb.add_argument("--runs", metavar="DIR",
                     help="directory searched for metrics.json files (default results/runs)")
-    tb.add_argument("--out", default="results", metavar="DIR",
-                    help="writes DIR/tables and DIR/figures (default results)")
+    tb.add_argument("--out", metavar="DIR",
+                    help="writes DIR/tables, DIR/figures and DIR/metrics, the copy of the inputs they follow from "
+                         "(default results)")
+    tb.add_argument("--check", action="store_true",
+                    help="rebuild OUT (default: every committed results directory) from OUT/metrics in a temporary "
+                         "directory; exit 2 naming the first table or figure that differs")
     tb.set_defaults(fn=cmd_tables)
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the project's tracking store")

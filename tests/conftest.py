@@ -86,3 +86,30 @@ def make_run(dataset: str, model: str, seed: int = 0, *, status: str = "ok", fam
                    best_epoch=1, max_epochs=1, num_params=0, git_commit="test", evaluation_index=0,
                    evaluated={name: True for name in results}, eval_settings={})
     return RunRecord(info=info, subset=TestSubset(10, 10, "0" * 16, 0), results=dict(results))
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """A runs directory trained and evaluated in this process with TINY_TRAIN and TINY_EVAL, for the tables and
+    figures tests: vae (2 seeds), hvae, gan and pca (its closed form: one epoch). About 10 s on 2 idle cores."""
+    from dgmbench.config import eval_settings, resolve_run, validate_grid
+    from dgmbench.evaluate import evaluate
+    from dgmbench.train import train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    runs = root / "runs"
+    grid = validate_grid({"datasets": ["digits"], "models": ["vae"], "device": "cpu", "tracking_uri": None,
+                          "experiment": "tiny", "train": {"all": TINY_TRAIN}, "eval": TINY_EVAL})
+    settings = eval_settings(grid)
+    cwd = os.getcwd()
+    os.chdir(root)  # the default MLflow store (./mlflow) is this fixture's own
+    try:
+        for model, seed in [("vae", 0), ("vae", 1), ("hvae", 0), ("gan", 0), ("pca", 0)]:
+            sets = ["train.max_epochs=1"] if model == "pca" else []
+            run = resolve_run(grid, dataset="digits", model=model, seed=seed, sets=sets)
+            out = runs / "digits" / model / f"seed{seed}"
+            train(run, out)
+            evaluate(out, eval_config=settings)
+    finally:
+        os.chdir(cwd)
+    return runs

@@ -273,8 +273,10 @@ def test_sample_grids_side_by_side_in_row_order(tmp_path):
         r.dir = tmp_path / f"run{i}"
         r.dir.mkdir()
         plt.imsave(r.dir / "samples.png", np.full((10, 10), i / 3.0), cmap="gray")
-    names = {p.name for p in TABLES.get("samples")(runs, tmp_path)}
+    written = {p.name for p in TABLES.get("samples")(runs, tmp_path)}
+    names = {n for n in written if n.endswith(".png")}
     assert names == {"samples_digits_arm.png", "samples_digits_idf.png", "samples_digits.png"}  # no sweep variant
+    assert written - names == {n.replace(".png", ".json") for n in names}  # each with its data manifest
     img = plt.imread(tmp_path / "figures" / "samples_digits.png")
     assert img.shape[1] == round(2 * 2.2 * 120)  # two 2.2-inch panels at 120 dpi: the variant is not one
 

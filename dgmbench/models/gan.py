@@ -167,7 +167,7 @@ def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
 @register_model("gan")
 class GAN(GenerativeModel):
     family = "implicit (GAN)"
-    loss_name = "discriminator loss (BCE)"
+    loss_name = "discriminator loss (BCE on real + fake, nats/image)"
     description = "DCGAN: conv generator/discriminator; nonsaturating, hinge+SN or WGAN-GP game; no likelihood"
     Config = GANConfig
     likelihood = Likelihood.NONE

@@ -54,7 +54,7 @@ def principal_components(count: torch.Tensor, total: torch.Tensor, total_outer: 
 @register_model("pca")
 class PCA(GenerativeModel):
     family = "self-supervised (linear AE / PCA)"
-    loss_name = "reconstruction squared error"
+    loss_name = "squared reconstruction error (per image, pixels in [-1, 1])"
     description = "PCA: the optimal linear auto-encoder, closed form from moments streamed over one epoch"
     Config = PCAConfig
     can_embed = True

@@ -101,7 +101,7 @@ class SimCLRConfig(BackboneConfig):
 @register_model("simclr")
 class SimCLR(GenerativeModel):
     family = "self-supervised (contrastive)"
-    loss_name = "NT-Xent contrastive loss"
+    loss_name = "NT-Xent contrastive loss (nats/view)"
     description = "SimCLR: conv encoder + projection head, NT-Xent on two augmented views"
     Config = SimCLRConfig
     can_embed = True

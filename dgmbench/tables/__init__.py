@@ -1,4 +1,5 @@
-"""results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else.
+"""results/ tables and figures, rebuilt from the per-run ``metrics.json`` files and nothing else (a copy of
+which, ``results/metrics``, is committed beside them: tables/committed.py).
 
 Each table module registers a builder ``fn(runs, out_dir) -> list[Path]`` with :func:`register_table`;
 ``dgmbench tables`` loads every ``metrics.json`` under the runs directory as a typed
@@ -35,10 +36,14 @@ def register_table(name: str):
 NOT_MEASURED = "not measured"  # a cell whose input section is absent from the runs
 
 
-def load_runs(runs_dir: Path) -> list[RunRecord]:
-    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed."""
+def load_runs(runs_dir: Path, *, skip: Path | None = None) -> list[RunRecord]:
+    """Every run's metrics.json under ``runs_dir`` (``<dataset>/<model>/seed<k>/metrics.json``), typed; none
+    under ``skip`` (the copies ``build_all`` writes, when they sit inside ``runs_dir``)."""
     raw = []
+    skip = Path(skip).resolve() if skip is not None else None
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
+        if skip is not None and skip in path.resolve().parents and skip != Path(runs_dir).resolve():
+            continue
         try:
             m = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -142,13 +147,18 @@ def ok_results(runs: list[RunRecord], name: str) -> list:
 
 
 def build_all(runs_dir: Path, out_dir: Path) -> list[Path]:
-    runs = load_runs(runs_dir)
+    """Every table and figure from the metrics.json files under ``runs_dir``, and a copy of those inputs in
+    ``out_dir/metrics`` that rebuilds them (tables/committed.py). Returns the paths written."""
+    from .committed import METRICS_DIR, copy_inputs
+    from .figures import shown_sample_grids
+
+    runs = load_runs(runs_dir, skip=Path(out_dir) / METRICS_DIR)
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {runs_dir}; run the pipeline (snakemake) or dgmbench evaluate first")
     written = []
     for name in TABLES.names():
         written += TABLES.get(name)(runs, Path(out_dir))
-    return written
+    return written + copy_inputs(runs, Path(runs_dir), Path(out_dir), shown_sample_grids(runs))
 
 
 from . import figures, likelihood  # noqa: E402,F401  (register the builders)

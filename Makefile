@@ -42,7 +42,8 @@ test-all: test
 bench: setup
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going; rc=$$?; \
-	echo "make bench: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
+	echo "make bench: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; \
+	$(BIN)/python -c "$$SUMMARY_PY" results $$rc "make report"; exit $$rc
 
 # The 28×28 grid (config/full.yaml: every family but idf × fashion-mnist, mnist5k, animal-mnist, seed 0), datasets
 # installed first. Runs in results/full/runs, tables and figures in results/full/. Wall time in the README.
@@ -52,7 +53,37 @@ full: full-data
 	echo "make full: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 smoke: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml; rc=$$?; \
+	echo "make smoke: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; \
+	$(BIN)/python -c "$$SUMMARY_PY" results/smoke $$rc \
+		"$(BIN)/snakemake --configfile config/smoke.yaml --report results/smoke/report.html"; exit $$rc
+
+# What `make bench` and `make smoke` print last: where the grid's tables and figures are, its comparison matrix in
+# one line per model (each cell's verdict, the words before its parenthesis; the numbers are in the table) and
+# how to get the report. Arguments: the grid's results_dir, snakemake's exit status, the report command.
+define SUMMARY_PY
+import csv, sys
+from pathlib import Path
+
+results, status, report = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+matrix = results / "tables" / "matrix.csv"
+if status != 0:
+    sys.exit(f"some jobs failed: their logs are under {results}/logs/; the same make command retries only those")
+if not matrix.exists():
+    sys.exit(f"no {matrix}: the tables job did not write it (its log: {results}/logs/tables.log)")
+with open(matrix, newline="") as f:
+    rows = list(csv.DictReader(f))
+cells = ("training", "likelihood", "sampling", "lossy compression", "lossless compression")
+print(f"comparison matrix: {matrix.with_suffix('.md')}")
+for row in rows:
+    verdicts = ", ".join(f"{c.split()[0]} {row[c].split(' (')[0]}" for c in cells)
+    print(f"  {row['dataset']:<8} {row['model']:<10} {verdicts}; vs lecture: {row['vs lecture']}")
+print(f"all tables: {results}/tables/   figures: {results}/figures/")
+html = results / "report.html"
+print(f"report: {html}" + (f" (rebuild: {report})" if html.exists() else f", written by: {report}"))
+endef
+export SUMMARY_PY
 
 tables: setup
 	$(BIN)/dgmbench tables --runs results/runs --out results

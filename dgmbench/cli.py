@@ -62,14 +62,13 @@ def grid_of(args) -> dict:
 
 def cmd_train(args) -> int:
     from .config import resolve_run
-    from .train import train
+    from .train import summary_line, train
 
     grid = grid_of(args)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
     out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
     record = train(run, out)
-    print(f"{run.run_name}: {record['status']} after {record['epochs_run']} epochs "
-          f"({record['train_seconds']:.1f}s); checkpoint in {out}")
+    print(f"{summary_line(run, record)}; checkpoint in {out}", flush=True)
     return 0
 
 
@@ -142,42 +141,82 @@ def cmd_ui(args) -> int:
     return serve_ui(uri, args.host, args.port, on_ready=ready)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: dgmbench's version and the installed torch's, read from package metadata so that it
+    imports nothing heavy (``import torch`` alone takes seconds)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+
+        from . import __version__
+
+        try:
+            torch_version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            torch_version = "not installed"
+        print(f"dgmbench {__version__} (torch {torch_version}, python {sys.version.split()[0]})")  # stdout, as argparse's
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
+    # Help texts name where the valid values come from; nothing here imports a registry, so `--help` stays fast.
     p = argparse.ArgumentParser(prog="dgmbench", description="Benchmark suite for deep generative models.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action=_VersionAction, help="print the dgmbench and torch versions and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress lines")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                         help="one of the following; `dgmbench COMMAND --help` lists its options")
 
-    sub.add_parser("list", help="registered models and datasets").set_defaults(fn=cmd_list)
+    sub.add_parser("list", help="registered models and datasets",
+                   description="Registered models (with their likelihood: exact, bound or none) and datasets "
+                               "(shape, levels), each with the package that registered it.").set_defaults(fn=cmd_list)
 
-    t = sub.add_parser("train", help="train one (dataset, model, seed) run")
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--model", required=True)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--config", help="grid config file (default: built-in defaults)")
+    t = sub.add_parser("train", help="train one (dataset, model, seed) run",
+                       description="Train one (dataset, model, seed) run; a killed run resumes from OUT/last.pt.")
+    t.add_argument("--dataset", required=True, metavar="NAME",
+                   help="a registered dataset, e.g. digits (all names: `dgmbench list`)")
+    t.add_argument("--model", required=True, metavar="NAME",
+                   help="a registered model, or a variant the grid (--config) defines, e.g. vae "
+                        "(all names: `dgmbench list`)")
+    t.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="random seed, 0 ≤ N < 2^32; seeds the data order, the initialisation and sampling (default 0)")
+    t.add_argument("--config", metavar="FILE",
+                   help="grid config file, e.g. config/config.yaml (default: built-in defaults)")
     t.add_argument("--config-json", metavar="TEXT", help="the grid as JSON text instead of a file (Snakemake jobs)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a run setting, e.g. train.max_epochs=5, hparams.latent_dim=8 (repeatable)")
-    t.add_argument("--out", help="run directory (default: <runs_dir>/<dataset>/<model>/seed<seed>)")
+                   help="override a run setting, e.g. train.max_epochs=5, hparams.latent_dim=8 (repeatable); "
+                        "hparams keys are the fields of the family's Config in dgmbench/models/<family>.py")
+    t.add_argument("--out", metavar="DIR", help="run directory (default: <runs_dir>/<dataset>/<model>/seed<seed>)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json")
-    e.add_argument("--run", required=True, help="run directory written by `dgmbench train`")
-    e.add_argument("--only", nargs="*", help="evaluate only these sections")
-    e.add_argument("--config", help="grid config file whose eval: settings replace those saved at training time")
+    e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json",
+                       description="Run every evaluator that applies to a trained run, one progress line each; "
+                                   "writes RUN/metrics.json and logs it to the run's MLflow run.")
+    e.add_argument("--run", required=True, metavar="DIR", help="run directory written by `dgmbench train`")
+    e.add_argument("--only", nargs="*", metavar="EVALUATOR",
+                   help="recompute only these sections, keeping the others, e.g. likelihood ood (names: the "
+                        "sections of metrics.json; an unknown one is refused with the list)")
+    e.add_argument("--config", metavar="FILE",
+                   help="grid config file whose eval: settings to use (default: the built-in evaluation defaults)")
     e.add_argument("--config-json", metavar="TEXT", help="the same as JSON text instead of a file (Snakemake jobs)")
     e.set_defaults(fn=cmd_evaluate)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")
-    tb.add_argument("--runs", default="results/runs")
-    tb.add_argument("--out", default="results")
+    tb.add_argument("--runs", default="results/runs", metavar="DIR",
+                    help="directory searched for metrics.json files (default results/runs)")
+    tb.add_argument("--out", default="results", metavar="DIR",
+                    help="writes DIR/tables and DIR/figures (default results)")
     tb.set_defaults(fn=cmd_tables)
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the project's tracking store")
-    u.add_argument("--config", help="grid config whose tracking_uri to use")
-    u.add_argument("--tracking-uri")
+    u.add_argument("--config", metavar="FILE", help="grid config whose tracking_uri to use (default: ./mlflow/mlflow.db)")
+    u.add_argument("--tracking-uri", metavar="URI",
+                   help="tracking store to serve, e.g. sqlite:///mlflow/mlflow.db (overrides --config)")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=int, default=5000, help="TCP port (default 5000)")
     u.set_defaults(fn=cmd_ui)
     return p
 

@@ -127,7 +127,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         )
 
     bar = tqdm(range(state["epoch"], tc.max_epochs), desc=run.run_name, unit="epoch",
-               disable=(not progress) if progress is not None else None, leave=False)
+               disable=(not progress) if progress is not None else None, leave=True)
     done = state["epoch"] >= tc.max_epochs or state["stopped_early"] or state["status"] != "ok"
     for epoch in ([] if done else bar):
         t0 = time.perf_counter()
@@ -215,3 +215,23 @@ def write_curve(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=keys or ["epoch"])
         w.writeheader()
         w.writerows(rows)
+
+
+def summary_line(run: RunConfig, record: dict) -> str:
+    """The one line that ends a training run: status, epochs run of the maximum (and why it stopped), the best
+    validation score at its epoch, in nats per image and bits/dim where it is an NLL (the curve holds ``val_bpd``
+    only for families whose ``validation_is_nll``), and the training time (summed over resumes)."""
+    stop = (f" (diverged: {record['diverged_reason']})" if record["status"] == "diverged"
+            else " (stopped early)" if record["stopped_early"] else "")
+    head = f"{run.run_name}: {record['status']} after {record['epochs_run']}/{run.train.max_epochs} epochs{stop}"
+    best = next((row for row in record["curve"] if row["epoch"] == record["best_epoch"]), None)
+    if record["best_val_nats"] is not None and best is not None and "val_bpd" in best:
+        score = (f"best validation NLL {best['val_nats']:.2f} nats = {best['val_bpd']:.3f} bits/dim "
+                 f"(epoch {record['best_epoch']})")
+    elif record["best_val_nats"] is not None:
+        score = f"best validation score {record['best_val_nats']:.4g} (epoch {record['best_epoch']})"
+    elif record["curve"] and "train_loss" in record["curve"][-1]:
+        score = f"no validation score (final training loss {record['curve'][-1]['train_loss']:.4g})"
+    else:
+        score = "no validation score"
+    return f"{head}, {score}, {record['train_seconds']:.1f} s training"

@@ -12,7 +12,7 @@ import sys
 
 REPO = os.path.abspath(os.path.join(workflow.basedir))
 # Jobs run `python -m dgmbench`; with the repository on PYTHONPATH this works from a pip install and from a
-# `--use-conda` environment alike (environment.yml installs the dependencies, not necessarily the package).
+# `--use-conda` environment alike (workflow/envs/dgmbench.yaml installs the dependencies, not the package).
 os.environ["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 GRID = dict(config)

@@ -11,6 +11,6 @@ rule evaluate:
         run=RUN_DIR,
     threads: GRID.get("threads", 1)
     conda:
-        "../../environment.yml"
+        "../envs/dgmbench.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} > {log:q} 2>&1"

@@ -21,6 +21,6 @@ rule tables:
         runs=RUNS,
         out=RESULTS,
     conda:
-        "../../environment.yml"
+        "../envs/dgmbench.yaml"
     shell:
         "{PYTHON} tables --runs {params.runs:q} --out {params.out:q} > {log:q} 2>&1"

@@ -10,7 +10,7 @@ rule train:
         out=RUN_DIR,
     threads: GRID.get("threads", 1)
     conda:
-        "../../environment.yml"
+        "../envs/dgmbench.yaml"
     shell:
         "{PYTHON} train --config-json {params.grid:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
         "--seed {wildcards.seed:q} --set threads={threads} --out {params.out:q} > {log:q} 2>&1"

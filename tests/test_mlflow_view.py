@@ -183,7 +183,7 @@ def test_ui_takes_its_server_down_on_sigterm(store):
     reader.start()
     server_group = None
     try:
-        deadline = time.monotonic() + 240  # the server needs ~9 s alone, several times that on busy cores
+        deadline = time.monotonic() + 420  # the server needs ~9 s alone; minutes when the cores are shared many ways
         while True:
             assert proc.poll() is None, f"dgmbench ui ended early: {''.join(lines)[-2000:]}"
             assert time.monotonic() < deadline, f"no /health or no links: {''.join(lines)[-2000:]}"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -127,20 +125,36 @@ def cmd_tables(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    import socket
+
     from .config import load_grid
-    from .tracking import resolve_tracking_uri
+    from .tracking import WORKFLOW_QUERY, Tracker, resolve_tracking_uri, serve_ui, ui_links
 
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a TCP port; give one from 1 to 65535 (default 5000)")
     uri = resolve_tracking_uri(args.tracking_uri or load_grid(args.config)["tracking_uri"])
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving the MLflow UI on {args.host}, reachable from other machines", file=sys.stderr)
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    try:
-        return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    except KeyboardInterrupt:
-        return 0
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: past TIME_WAIT
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise UserError(f"cannot serve on {args.host}:{args.port} ({err.strerror}); is a UI already running "
+                            "there? Stop it or give another --port") from None
+    # The experiments' kind and saved views go into the store before the server reads it; a store that does
+    # not exist yet is left to MLflow (there is nothing to show).
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    views = Tracker(uri, None).prepare_ui() if db is not None and db.exists() else []
+    base = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+
+    def ready() -> None:
+        print(f"MLflow UI for {uri} at {base}/#/?{WORKFLOW_QUERY}  (Ctrl-C to stop)", file=sys.stderr)
+        for line in ui_links(base, views):
+            print(f"  {line}", file=sys.stderr)
+
+    print(f"starting the MLflow UI for {uri} on {base} ...", file=sys.stderr)
+    return serve_ui(uri, args.host, args.port, on_ready=ready)
 
 
 class _VersionAction(argparse.Action):

@@ -126,15 +126,25 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
 
 
 def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str) -> None:
-    """The evaluation's metrics at step = the evaluation index (one value per evaluation), the settings it used as
-    tags (a re-evaluation overwrites them; params are immutable in MLflow and hold the training config)."""
+    """The evaluation's headline numbers (``tracking.HEADLINE_METRICS``, read from the typed results) at step = the
+    evaluation index (one value per evaluation); metrics.json itself, everything else included, as the artifact;
+    the settings it used as tags (a re-evaluation overwrites them; params are immutable in MLflow and hold the
+    training config)."""
+    from .results import NON_SECTIONS
+    from .tracking import headline_metrics
+
+    results = {}
+    for name, section in metrics.items():
+        if name in NON_SECTIONS:
+            continue
+        try:
+            results[name] = parse_section(name, section)
+        except (ResultError, KeyError):  # kept by --only from another version or a plugin not installed now
+            pass  # it stays in the metrics.json artifact
     tracker = Tracker(run.tracking_uri, run.experiment)
     run_id = tracker.start_run(run_dir, run.run_name, flatten(run.to_dict()), {})
     step = metrics["run"]["evaluation_index"]
-    sections = {k: v for k, v in metrics.items() if k not in ("run", "test_subset")}
-    numeric = {f"test.{k}": v for k, v in flatten(sections).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracker.log_metrics(run_id, numeric, step=step)
+    tracker.log_metrics(run_id, headline_metrics(results), step=step)
     tracker.set_tags(run_id, {**{f"eval.{k}": v for k, v in flatten(metrics["run"]["eval_settings"]).items()},
                               "eval.test_subset_sha1": metrics["test_subset"]["indices_sha1"],
                               "evaluation_index": step, "status": status})

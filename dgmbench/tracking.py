@@ -12,6 +12,26 @@ costs little. Against a server (``http://``) no lock is needed; the server seria
 
 A run's MLflow id is kept in ``<run_dir>/mlflow_run_id`` so that evaluation and a resumed training job log
 to the same MLflow run instead of creating a second one.
+
+What a run holds (a measurement is a metric; anything set rather than measured is a param or a tag):
+
+* metrics: the few headline test numbers of :data:`HEADLINE_METRICS` at step = the evaluation index, and the
+  per-epoch curves at step = epoch (:func:`epoch_metrics`: ``train_loss`` and the family's other ``train_*``
+  terms, ``val_nats``, ``val_bpd``, ``wall_seconds`` since the start). MLflow orders a run's charts by name:
+  these names put the test numbers first, then the curves, then the time. The rest of ``metrics.json`` is the
+  run's artifact.
+* params: the resolved training config (immutable).
+* tags: what the run is (``dataset``, ``model``, ``family``, ``seed``, ``grid``: filter and group by these),
+  provenance (git commit, versions), state (``status``, ``epochs_run``, ``best_epoch``, ``resumed_from_epoch``),
+  the evaluation settings (``eval.*``), what the curves are (``train_loss``, ``val_nats``), the run's colour and
+  description. Every grid is its own experiment, so a grid's runs are one experiment's runs; no parent run is
+  needed (and none could be created once by independent Snakemake jobs without more locking).
+
+Experiments are created in MLflow's model-training view (:data:`EXPERIMENT_TAGS`); ``dgmbench ui`` adds to each
+experiment one saved view per dataset (:func:`dataset_view`), the runs list with the headline columns.
+
+``import dgmbench.tracking`` must stay cheap: mlflow (≈ 2 s of imports) is imported inside the functions that
+use it, never at module level.
 """
 
 from __future__ import annotations
@@ -36,6 +56,27 @@ RETRIES, RETRY_DELAY = 8, 0.2  # transient "database is locked": up to 8 tries, 
 LOCK_TIMEOUT = 300.0  # seconds to wait for the store's write lock before giving up with a message
 
 
+# MLflow 3 opens an experiment in its GenAI view unless told it is model training. Older 3.x UIs read the kind
+# from this experiment tag; newer ones from the global workflow type, which `dgmbench ui`'s links set
+# (?workflowType=machine_learning). Either way the tag also keeps the UI from inferring a kind and writing it.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+WORKFLOW_QUERY = "workflowType=machine_learning"
+
+# The test metrics a run logs (key → what it is); everything else stays in the metrics.json artifact.
+HEADLINE_METRICS = {
+    "test_nll_bpd": "test NLL in bits/dim (exact, or the tightest bound the family has)",
+    "test_coded_bpd": "bits/dim of a real lossless bitstream of the same test images",
+    "test_fd": "Fréchet distance of samples to test images in the suite's classifier features",
+    "test_probe_acc": "linear-probe test accuracy of the representation",
+    "test_samples_per_s": "samples per second at the largest batch the evaluation measured",
+}
+# Run colours: one hue per registered family (distinct for up to 12 families, then they repeat), lighter for
+# each further seed, so the seeds of a family read as one group and families never share a colour. Tableau 10
+# plus two; MLflow itself hashes the run id into 29 colours, which repeats across a grid of 33 runs.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac", "#17becf", "#7f3c8d")
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached or written; the message says which and how to fix it."""
 
@@ -56,7 +97,7 @@ def _sqlite_path(uri: str) -> Path | None:
 class Tracker:
     """A thin wrapper over ``MlflowClient`` that serialises sqlite writers and retries transient errors."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str, workdir: Path | None = None):
+    def __init__(self, tracking_uri: str | None, experiment: str | None, workdir: Path | None = None):
         for name in ("mlflow", "alembic", "sqlalchemy"):
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
@@ -75,7 +116,7 @@ class Tracker:
         # Under the lock: creating a client can open the store, and the first opening of a fresh sqlite store
         # runs schema migrations, which race between processes ("duplicate column name") if not serialised.
         self.client = self._call(MlflowClient, tracking_uri=self.uri)
-        self.experiment_id = self._call(self._experiment, experiment)
+        self.experiment_id = self._call(self._experiment, experiment) if experiment is not None else None
 
     # -- locking and retries -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -148,7 +189,7 @@ class Tracker:
         if self.db is not None:  # keep artifacts beside the sqlite file, not in the working directory
             location = (self.db.parent / "artifacts").resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception as err:  # another job created it since we looked (servers take no lock of ours)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -211,6 +252,121 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(self.client.set_terminated, run_id, status=status)
 
+    # -- the UI ------------------------------------------------------------------------------------------------
+    def prepare_ui(self) -> list[tuple[str, str, str, int]]:
+        """Give every experiment that holds dgmbench runs the model-training kind (unless it has a kind) and one
+        saved view per dataset of its runs (replaced each time, so a newer dgmbench updates them). Returns
+        (experiment name, experiment id, dataset, number of runs) per view."""
+        import json
+        from collections import Counter
+
+        views = []
+        for exp in self._call(self.client.search_experiments):
+            runs = self._call(self.client.search_runs, [exp.experiment_id], max_results=50000)
+            datasets = Counter(r.data.params["dataset"] for r in runs if "dataset" in r.data.params)
+            if not datasets:
+                continue  # not a dgmbench experiment (or an empty one): leave it as it is
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in exp.tags:
+                    self._call(self.client.set_experiment_tag, exp.experiment_id, key, value)
+            for dataset, count in sorted(datasets.items()):
+                state = json.dumps(dataset_view(dataset), separators=(",", ":"))
+                self._call(self.client.set_experiment_tag, exp.experiment_id, VIEW_TAG + dataset, state)
+                views.append((exp.name, exp.experiment_id, dataset, count))
+        return views
+
+
+VIEW_TAG = "mlflow.sharedViewState."  # + key: a saved view, opened by #/experiments/<id>/runs?viewStateShareKey=key
+
+
+def dataset_view(dataset: str) -> dict:
+    """A saved runs-list view (the state MLflow's "share view" stores, plain JSON): the runs of ``dataset``
+    sorted by name (model, then seed), with columns for what each run is and its headline metrics, and every
+    run's curves in the charts (MLflow shows only the first 10 by default)."""
+    column = lambda kind, key: f"{kind}.`{key}`"  # noqa: E731 (MLflow's column key format)
+    columns = ([column("tags", k) for k in ("family", "seed")] + [column("metrics", k) for k in HEADLINE_METRICS]
+               + [column("metrics", "wall_seconds"), column("tags", "status")])
+    return {
+        "searchFilter": f"params.dataset = '{dataset}'",  # params, so runs logged before the tags existed match
+        "orderByKey": column("tags", "mlflow.runName"),
+        "orderByAsc": True,
+        "selectedColumns": columns,
+        "columnOrder": columns,  # this order, not MLflow's (metrics, then params, then tags, each alphabetical)
+        "runsHiddenMode": "SHOW_ALL",
+    }
+
+
+def ui_links(base_url: str, views: list[tuple[str, str, str, int]]) -> list[str]:
+    """One line per saved view: the experiment, the dataset, the run count and the link that opens it."""
+    return [f"{name}: {dataset} ({count} runs)  {base_url}/#/experiments/{exp_id}/runs?viewStateShareKey="
+            f"{dataset}&{WORKFLOW_QUERY}" for name, exp_id, dataset, count in views]
+
+
+def serve_ui(uri: str, host: str, port: int, on_ready=None, ready_timeout: float = 300.0) -> int:
+    """Run ``mlflow ui`` on ``uri`` until it exits or this process gets SIGTERM, SIGINT or SIGHUP; then end the
+    server's whole process group (it runs in its own session, so its workers go with it and a terminal's
+    Ctrl-C reaches only us). ``on_ready()`` is called once ``/health`` answers. Returns the server's exit
+    status, or 0 when stopped by a signal."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    stop: list[int] = []
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    # Installed before the server starts: a signal that arrives while it starts is seen by the loop below.
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum)) for sig in stops}
+    proc = None
+    try:
+        # One worker: a UI for one person, and each further worker imports mlflow again (seconds on busy cores).
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+             "--workers", "1"],
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, start_new_session=True)
+        ready = on_ready is None
+        deadline = time.monotonic() + ready_timeout
+        health = f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
+        while not stop:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if not ready and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(health, timeout=1) as reply:
+                        ready = reply.status == 200
+                except OSError:
+                    pass
+                if ready:
+                    on_ready()
+        return 0
+    finally:
+        if proc is not None:
+            end_process_group(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def end_process_group(proc, grace: float = 10.0) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL whatever is left after ``grace`` seconds."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # the group is gone
+        deadline = time.monotonic() + wait
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)  # reap the leader, so only live members (or others' zombies) keep the group
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}."""
@@ -224,17 +380,78 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_tags(seed: int) -> dict[str, str]:
+def run_tags(run, model) -> dict[str, str]:
+    """The tags a run is created with: what it is (to filter and group by), its provenance, what its curves are,
+    its colour and its description. ``run`` is the resolved RunConfig, ``model`` the built GenerativeModel."""
     import torch
 
     from . import __version__
 
+    validation = "validation NLL (nats/image)" if model.validation_is_nll else "the family's validation score"
     return {
+        "dataset": run.dataset,
+        "model": run.label,
+        "base_model": run.model,
+        "family": model.family,
+        "likelihood": model.likelihood.value,
+        "seed": str(run.seed),
+        "grid": run.experiment,
+        "train_loss": model.loss_name,
+        "val_nats": validation,
         "git_commit": git_commit(),
         "dgmbench_version": __version__,
         "torch_version": torch.__version__,
-        "seed": str(seed),
+        "mlflow.runColor": run_color(run.model, run.label, run.seed),
+        "mlflow.note.content": (
+            f"**{run.label}** ({model.family}) on **{run.dataset}**, seed {run.seed}.\n\n"
+            f"Curves (step = epoch): `train_loss` is the {model.loss_name}; `val_nats` is the {validation}"
+            + ("; `val_bpd` the same in bits/dim" if model.validation_is_nll else "")
+            + "; `wall_seconds` is wall time since the start (its last value: the training time).\n\n"
+            "Test metrics (step = evaluation): "
+            + "; ".join(f"`{k}` {v}" for k, v in HEADLINE_METRICS.items())
+            + ". Everything else is in the `metrics.json` artifact."),
     }
+
+
+def run_color(base_model: str, label: str, seed: int) -> str:
+    """``#rrggbb``: the family's palette colour (by its place among the registered families; a variant of a
+    family is shifted to another slot by its name), mixed 22% further toward white for each seed after the
+    first (seed mod 4), so seeds stay distinguishable but grouped."""
+    import zlib
+
+    from .models import MODELS
+
+    names = MODELS.names()
+    slot = names.index(base_model) if base_model in names else zlib.crc32(base_model.encode())
+    if label != base_model:  # a variant (e.g. vae-beta4): its own colour, stable across processes
+        slot += 1 + zlib.crc32(label.encode()) % (len(PALETTE) - 1)
+    rgb = [int(PALETTE[slot % len(PALETTE)][i : i + 2], 16) for i in (1, 3, 5)]
+    t = 0.22 * (seed % 4)
+    return "#" + "".join(f"{round(c + (255 - c) * t):02x}" for c in rgb)
+
+
+def epoch_metrics(row: dict) -> dict[str, float]:
+    """One row of a training curve (curve.csv) as the metrics logged at step = its epoch: every column but
+    ``epoch``, under its own name, except the cumulative wall time ``seconds``, logged as ``wall_seconds`` (after
+    the curves in MLflow's by-name order; its last value is the training time)."""
+    return {("wall_seconds" if k == "seconds" else k): v for k, v in row.items() if k != "epoch"}
+
+
+def headline_metrics(results: dict) -> dict[str, float]:
+    """The headline test numbers (:data:`HEADLINE_METRICS`) from an evaluation's typed results (evaluator name →
+    Result); a number an evaluator did not produce is absent, never NaN."""
+    out: dict[str, float | None] = {}
+    if (lik := results.get("likelihood")) is not None:
+        out["test_nll_bpd"] = lik.nll_bpd
+    if (comp := results.get("compression")) is not None and comp.coded:
+        out["test_coded_bpd"] = comp.coded_bpd
+    if (quality := results.get("sample_quality")) is not None:
+        out["test_fd"] = quality.fd
+    if (probe := results.get("probe")) is not None:
+        out["test_probe_acc"] = probe.linear_test_acc
+    if (sampling := results.get("sampling")) is not None:
+        out["test_samples_per_s"] = sampling.best()[1]
+    return {k: float(v) for k, v in out.items() if v is not None and v == v}
 
 
 def git_commit() -> str:

@@ -26,7 +26,7 @@ from .build import build
 from .config import RunConfig, run_from_dict
 from .distributions import nats_to_bits_per_dim
 from .runtime import rng_state, seed_everything, set_rng_state
-from .tracking import Tracker, flatten, run_tags
+from .tracking import Tracker, epoch_metrics, flatten, run_tags
 
 log = logging.getLogger("dgmbench.train")
 
@@ -90,7 +90,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     optimizers = model.configure_optimizers(tc)
     tracker = Tracker(run.tracking_uri, run.experiment)  # fails here, before any training, if unreachable
     identity.claim(run, out_dir)  # this run's directory, and only this process writes it
-    run_id = tracker.start_run(out_dir, run.run_name, flatten(run.to_dict()), run_tags(run.seed))
+    run_id = tracker.start_run(out_dir, run.run_name, flatten(run.to_dict()), run_tags(run, model))
 
     x_train = dataset.train.x[: tc.num_train or None]
     x_val = dataset.val.x[: tc.num_val or None]
@@ -116,7 +116,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     # Epochs a killed job logged after its last checkpoint are trained again on resume; MLflow already holds
     # them (the same values: training is deterministic), so log only the steps beyond what it has, keeping
     # one clean history per metric.
-    logged_step = tracker.last_step(run_id, "seconds")
+    logged_step = tracker.last_step(run_id, "wall_seconds")
 
     def save_resume():
         checkpoint.save(
@@ -156,7 +156,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         state["curve"].append(row)
         state["epoch"] = epoch + 1
         if epoch + 1 > logged_step:
-            tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            tracker.log_metrics(run_id, epoch_metrics(row), step=epoch + 1)
         if reason:
             state.update(status="diverged", diverged_epoch=epoch + 1, diverged_reason=reason)
             log.warning("%s diverged at epoch %d: %s", run.run_name, epoch + 1, reason)
@@ -200,9 +200,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         artifacts.append(out_dir / "samples.png")
     for path in artifacts:
         tracker.log_artifact(run_id, path)
-    tracker.set_tags(run_id, {"status": state["status"], "epochs_run": state["epoch"]})
-    if tracker.last_step(run_id, "epochs_run") < 0:  # a job killed after this line and rerun logs it once
-        tracker.log_metrics(run_id, {"train_seconds": state["seconds"], "epochs_run": state["epoch"]})
+    tracker.set_tags(run_id, {"status": state["status"], "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                              "stopped_early": state["stopped_early"]})  # counts and states, not measurements
     log.info("%s: %s after %d epochs (best %d) in %.1fs", run.run_name, state["status"], state["epoch"],
              state["best_epoch"], state["seconds"])
     return record

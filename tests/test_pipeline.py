@@ -72,8 +72,11 @@ def test_smoke_pipeline_outputs_agree(smoke_run):
         text = csv.read_text()
         assert ",nan," not in text.lower() and ",None," not in text, csv.name
 
-    # MLflow: one FINISHED run per (model, seed), named as documented, holding the same test metrics.
+    # MLflow: one FINISHED run per (model, seed), named as documented, holding the same test metrics, and no
+    # metric but the headline test numbers and the per-epoch curves (the rest is the metrics.json artifact).
     from mlflow.tracking import MlflowClient
+
+    from dgmbench.tracking import HEADLINE_METRICS, epoch_metrics
 
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_run / 'mlflow' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(cfg["experiment"])
@@ -86,7 +89,10 @@ def test_smoke_pipeline_outputs_agree(smoke_run):
         assert r.data.tags["seed"] == str(seed) and r.data.tags["git_commit"]
         assert r.data.params["hparams." + next(iter(yaml.safe_load((runs / "digits" / model / f"seed{seed}" / "config.yaml").read_text())["hparams"]))]
         if m["likelihood"]["type"] != "none":
-            assert math.isclose(r.data.metrics["test.likelihood.nll_nats"], m["likelihood"]["nll_nats"], rel_tol=1e-9)
+            assert math.isclose(r.data.metrics["test_nll_bpd"], m["likelihood"]["nll_bpd"], rel_tol=1e-9)
+        curve = pd.read_csv(runs / "digits" / model / f"seed{seed}" / "curve.csv")
+        assert set(r.data.metrics) <= set(HEADLINE_METRICS) | set(epoch_metrics(dict.fromkeys(curve.columns)))
+        assert r.data.tags["dataset"] == "digits" and r.data.tags["model"] == model
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"metrics.json", "curve.csv", "config.yaml"} <= artifacts
         history = client.get_metric_history(r.info.run_id, "train_loss")
@@ -176,5 +182,5 @@ def test_evaluate_settings_come_from_the_grid_and_only_keeps_other_sections(isol
     run_id = (run / "mlflow_run_id").read_text().strip()
     mlrun = client.get_run(run_id)
     assert mlrun.data.tags["eval.likelihood.iwae_k"] == "4" and "eval.likelihood.iwae_k" not in mlrun.data.params
-    steps = [h.step for h in client.get_metric_history(run_id, "test.likelihood.nll_nats")]
+    steps = [h.step for h in client.get_metric_history(run_id, "test_nll_bpd")]
     assert steps == [0, 1, 2]  # one value per evaluation

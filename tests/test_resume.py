@@ -133,7 +133,10 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     by_step = {h.step: h.value for h in history}
     for row in saved["record"]["curve"]:
         assert by_step[row["epoch"]] == pytest.approx(row["train_loss"], rel=1e-12)
-    assert len(client.get_metric_history(runs[0].info.run_id, "epochs_run")) == 1
+    wall = sorted(h.step for h in client.get_metric_history(runs[0].info.run_id, "wall_seconds"))
+    assert wall == list(range(1, MAX_EPOCHS + 1))  # the step a resume starts from is read from this one
+    final = client.get_run(runs[0].info.run_id).data
+    assert final.tags["epochs_run"] == str(MAX_EPOCHS) and "epochs_run" not in final.metrics  # a count: a tag
 
 
 @pytest.mark.slow
@@ -178,7 +181,7 @@ def test_divergence_is_data(capsys, isolated_cwd):
                  "--out", str(runs / "seed0")]) == 0
     assert main(["train", "--dataset", "digits", "--model", "vae", "--seed", "1", *small, "--set", "train.lr=1e6",
                  "--out", str(runs / "seed1")]) == 0  # divergence is a result, not an error
-    assert "diverged after 1 epochs" in capsys.readouterr().out
+    assert "diverged after 1/3 epochs" in capsys.readouterr().out  # the summary line: epochs run / max
     for seed in (0, 1):
         assert main(["evaluate", "--config", str(grid), "--run", str(runs / f"seed{seed}"),
                      "--only", "training", "likelihood"]) == 0
@@ -192,7 +195,7 @@ def test_divergence_is_data(capsys, isolated_cwd):
     by_seed = {r.data.tags["seed"]: r for r in found}
     assert len(found) == 2 and by_seed["1"].data.tags["status"] == "diverged"
     assert by_seed["1"].info.status == "FAILED" and by_seed["0"].info.status == "FINISHED"
-    assert [h.step for h in client.get_metric_history(by_seed["1"].info.run_id, "seconds")] == [1]
+    assert [h.step for h in client.get_metric_history(by_seed["1"].info.run_id, "wall_seconds")] == [1]
 
     import pandas as pd
 

@@ -162,10 +162,12 @@ def nll(model: GenerativeModel, x: torch.Tensor, *, repeats: int = 2, batch_size
     x = _check_images(x)
     if model.likelihood is Likelihood.NONE:
         raise TypeError(f"model {model.name!r} has no likelihood (likelihood = none): nll does not apply")
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}")
     stochastic = model.likelihood is Likelihood.BOUND
     with _evaluating(model):
         per_image = torch.stack([batched(model.log_prob, x, batch_size, model.device)
-                                 for _ in range(max(1, repeats) if stochastic else 1)])  # (R, N)
+                                 for _ in range(repeats if stochastic else 1)])  # (R, N)
     return _estimate(per_image, stochastic, model.estimator, model.info.num_dims)
 
 

@@ -48,12 +48,17 @@ def without_timing(metrics):
     return metrics
 
 
-def load_trained(run_dir: Path):
-    """(run config, dataset, model in eval mode, device, training record) from ``run_dir/checkpoint.pt``."""
+def load_trained(run_dir: Path, *, device: str | None = None, job: bool = True):
+    """(run config, dataset, model in eval mode, device, training record) from ``run_dir/checkpoint.pt``.
+
+    ``device`` (auto, cpu, cuda, cuda:N) replaces the run's own. ``job``: an evaluate job, which writes into the
+    directory, holds its writer lock and sets the run's thread count; ``job=False`` (``dgmbench.load_run``) only
+    reads: no lock, the caller's threads left alone."""
     ckpt = checkpoint.load(Path(run_dir) / "checkpoint.pt", "model")
     run = run_from_dict(ckpt["config"])
-    identity.check_checkpoint(run_dir, run)  # the directory's own run, and no other writer
-    dataset, model, device = build(run)
+    identity.check_checkpoint(run_dir, run, writer=job)  # the directory's own run, and no other writer
+    placed = run if device is None else run_from_dict({**ckpt["config"], "device": device})  # validates the name
+    dataset, model, device = build(placed, threads=job)
     checkpoint.load_state(model, ckpt["model_state"], Path(run_dir) / "checkpoint.pt")
     model.eval()
     return run, dataset, model, device, ckpt["record"]

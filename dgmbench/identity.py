@@ -115,13 +115,15 @@ def _check_copy(run_dir: Path, ident: dict) -> None:
         )
 
 
-def check_checkpoint(run_dir: Path, run) -> None:
+def check_checkpoint(run_dir: Path, run, *, writer: bool = True) -> None:
     """Evaluation's check: ``run_dir/checkpoint.pt`` (whose config is ``run``) is the run the directory was
-    created for, and no other process is writing the directory."""
+    created for, and no other process is writing the directory. A reader (``writer=False``: ``dgmbench.load_run``)
+    gets the first check only: it writes nothing, so neither a copied directory nor a lock concerns it."""
     run_dir = Path(run_dir)
     ident = read_identity(run_dir)
     if ident is not None:
-        _check_copy(run_dir, ident)
+        if writer:
+            _check_copy(run_dir, ident)
         mine = identity_of(run)
         if {k: ident.get(k) for k in mine} != mine:
             raise IdentityError(
@@ -129,7 +131,8 @@ def check_checkpoint(run_dir: Path, run) -> None:
                 f"{_describe(ident)} ({run_dir / IDENTITY_FILE}); put the checkpoint back in its own run directory, "
                 f"or retrain this one"
             )
-    lock(run_dir)
+    if writer:
+        lock(run_dir)
 
 
 # ------------------------------------------------------------------------------------------- tables

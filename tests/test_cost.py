@@ -164,7 +164,9 @@ def test_cost_table_from_the_trainers_and_evaluators_own_outputs(tiny_run, tmp_p
     root, record, metrics = tiny_run
     new = load_runs(root / "runs")
     old_seed = RunRecord.from_dict({**_old(metrics, "vae"), "run": {**_old(metrics, "vae")["run"], "seed": 1}})
-    old_only = RunRecord.from_dict(_old(metrics, "vae-old"))  # a model whose every run predates the timings
+    old_only = _old(metrics, "vae-old")  # a model whose every run predates the timings ...
+    old_only["run"]["evaluated"]["sampling"] = False  # ... and (say) cannot sample: that evaluator did not apply
+    old_only = RunRecord.from_dict(old_only)
     paths = cost_table(new + [old_seed, old_only], tmp_path)
     assert {p.name for p in paths} == {"cost.csv", "cost.md", "anytime_digits.png"}
     df = pd.read_csv(tmp_path / "tables" / "cost.csv", dtype=str).set_index("model")
@@ -192,6 +194,8 @@ def test_cost_table_from_the_trainers_and_evaluators_own_outputs(tiny_run, tmp_p
     col = "best val NLL ≤50% epochs (bits/dim)"  # one run there, two (sd 0) in the vae row
     assert old[col] == row[col].removesuffix(" ± 0.000")  # the NLL budget columns read its curve's nats
     assert _mean(old["eval s: likelihood"]) == _mean(row["eval s: likelihood"])  # its flat wall seconds
+    assert _mean(old["train wall s"]) == _close(record["train_seconds"])  # and the training's
+    assert old["eval s: sampling"] == "—"  # did not apply: not a cost, and not "not measured" either
     notes = (tmp_path / "tables" / "cost.md").read_text()
     assert "load average" in notes and "Machine: cpu: " in notes and "were trained before CPU seconds" in notes
 

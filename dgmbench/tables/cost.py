@@ -27,6 +27,7 @@ from . import NOT_MEASURED, fmt_mean_sd, group_runs, mean_sd, register_table, wr
 from .matrix import ROW_ORDER
 from .plots import _save, plt  # the Agg backend (imported first) and the one save routine of the figures
 
+DOES_NOT_APPLY = "—"
 FRACTIONS = (0.25, 0.5, 1.0)  # of the epochs run: the budgets the NLL columns report
 
 
@@ -71,7 +72,7 @@ def _row(dataset: str, model: str, group: list, evaluators: list[str]) -> dict:
         "parameters": f"{round(mean_sd(r.info.num_params for r in group)[0]):,}",
         "FLOPs/step": _flops(trainings),
         "epochs run": _cell([r.info.epochs_run for r in group], 0),
-        "train wall s": _cell([t.training.wall_seconds for t in timed]),
+        "train wall s": _cell([e.train_seconds for e in evals]),  # files of every version have it
         "train CPU s": _cell([t.training.cpu_seconds for t in timed]),
         "train GFLOP/s (counted)": _cell([_gflops_per_s(t) for t in trainings]),
         "start-up s, train job": _cell([t.startup.wall_seconds for t in timed if t.startup]),
@@ -81,8 +82,11 @@ def _row(dataset: str, model: str, group: list, evaluators: list[str]) -> dict:
                                    and all(t.cpu_seconds is not None for t in e.evaluators.values())]),
         "start-up s, eval job": _cell([e.startup.wall_seconds for e in evals if e.startup]),
     }
-    for name in evaluators:
-        row[f"eval s: {name}"] = _cell([e.evaluators[name].wall_seconds for e in evals if name in e.evaluators])
+    for name in evaluators:  # the runs it applied to (one that does not apply returns at once: "—")
+        applied = [e.evaluators[name].wall_seconds for r, e in zip(group, evals)
+                   if name in e.evaluators and r.info.evaluated.get(name)]
+        ran = any(name in e.evaluators for e in evals)
+        row[f"eval s: {name}"] = _cell(applied) if applied or not ran else DOES_NOT_APPLY
     lik = [r.get("likelihood") for r in group if r.info.status == "ok" and r.get("likelihood") is not None]
     dims = lik[0].num_dims if lik else None  # converts the nats of results written before val_bpd existed
     for f in FRACTIONS:
@@ -155,7 +159,8 @@ NOTES = [
     "data, model, MLflow; eval job: to its first evaluator (imports, checkpoint, data). A process started by a "
     "test or a notebook counts everything it did before.",
     "eval s: each evaluator's wall seconds in the last evaluation that ran it (`dgmbench evaluate --only` "
-    "re-times only what it recomputes).",
+    "re-times only what it recomputes); '—': it does not apply to the family. eval wall / CPU s (all): every "
+    "evaluator together.",
     "best val NLL ≤ f epochs: the lowest validation NLL (the validation split, not the test images; bits/dim, "
     "an upper bound for bound families) over the first ⌈f × epochs run⌉ epochs — what the best checkpoint would "
     "have scored with that budget (no learning-rate schedule depends on the budget; early stopping could only "

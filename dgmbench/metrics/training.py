@@ -2,10 +2,9 @@
 the training cost (FLOPs per step, wall and CPU seconds, start-up).
 
 Nothing is recomputed: the checkpoint's training record (``ctx.record``) holds the curve the trainer wrote.
-Fields added after the first metrics.json files were written have defaults (None: not measured), so those files
-still parse.
 The stability measures over it (noise, rise fraction) live in :mod:`dgmbench.metrics.stability`, so the tables
-apply one definition to every run.
+apply one definition to every run. Fields added after the first metrics.json files were written have defaults
+(None: not measured), so those files still parse.
 """
 
 from __future__ import annotations

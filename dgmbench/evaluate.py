@@ -3,7 +3,9 @@ their dependencies give (``metrics.plan``), write ``<run_dir>/metrics.json`` and
 
 ``metrics.json`` holds ``run`` (who, what, training record, the evaluation settings used), ``test_subset`` (the
 fixed test images every evaluator scored), one section per evaluator (its typed ``Result``) and ``timing``
-(wall-clock seconds; the only part that differs between identical reruns).
+(the only part that differs between identical reruns): ``train_seconds`` and ``<evaluator>_seconds`` (wall), and
+the typed records (:class:`~dgmbench.metrics.timing.EvaluationTiming`): per evaluator its wall and CPU seconds,
+threads and load average, the process's start-up, and the machine.
 
 ``only``: recompute those sections; what they require is reused from the previous metrics.json when it is there
 and parses (else recomputed too); every other section already there is kept, never erased.
@@ -14,12 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import checkpoint, identity
+from . import checkpoint, clock, identity
 from .build import build
 from .config import ConfigError, eval_settings, run_from_dict
 from .metrics import EvalContext, ResultError, TestSubset, parse_section, plan
@@ -37,8 +38,9 @@ def write_json(obj: dict, path: Path) -> None:
 
 
 def without_timing(metrics):
-    """``metrics`` minus everything that measures wall-clock time: the ``timing`` section and every key ending
-    in ``_seconds`` or ``_per_s`` (at any depth). Two runs of one config and seed agree on what is left (on CPU);
+    """``metrics`` minus everything that measures time: every key named ``timing`` (the section, and the training's
+    and the sampling's timing records, with their CPU seconds and load averages) and every key ending in
+    ``_seconds`` or ``_per_s``, at any depth. Two runs of one config and seed agree on what is left (on CPU);
     the determinism and resume tests compare exactly this."""
     if isinstance(metrics, dict):
         return {k: without_timing(v) for k, v in metrics.items()
@@ -89,6 +91,8 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
     ctx = EvalContext(model=model, dataset=dataset, run=run, device=device, run_dir=run_dir, record=record,
                       subset=subset, test_x=dataset.test.x[idx])
     timing = {"train_seconds": record["train_seconds"]}
+    evaluator_timing = {}  # name → clock record: wall and CPU seconds, threads, load average
+    startup = clock.startup_record()  # this process, from its start to its first evaluator
     computed = {}
     evaluated = dict(previous.get("run", {}).get("evaluated", {})) if only else {}
     evaluators = plan(only)
@@ -100,9 +104,10 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
             except ResultError:
                 pass  # written by another version: recompute it
         seed_everything(run.seed)  # each evaluator sees the same RNG stream whatever ran before it
-        t0 = time.perf_counter()
-        result = ev.fn(ctx, settings[ev.name])
-        timing[f"{ev.name}_seconds"] = time.perf_counter() - t0
+        with clock.Stopwatch() as watch:
+            result = ev.fn(ctx, settings[ev.name])
+        evaluator_timing[ev.name] = watch.record()
+        timing[f"{ev.name}_seconds"] = watch.wall_seconds
         line = (f"{run.run_name}: [{i}/{len(evaluators)}] {ev.name} "
                 f"{'done' if result is not None else 'does not apply'} in {timing[f'{ev.name}_seconds']:.1f} s")
         log.info(line)
@@ -124,10 +129,17 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
     kept = {k: v for k, v in previous.items() if k not in ("run", "test_subset", "timing")} if only else {}
     metrics = {"run": info.to_dict(), "test_subset": subset.to_dict(), **kept,
                **{name: res.to_dict() for name, res in computed.items()},
-               "timing": {**(previous.get("timing", {}) if only else {}), **timing}}
+               "timing": merge_timing(previous.get("timing", {}) if only else {}, timing, evaluator_timing,
+                                      startup, clock.machine(str(device)))}
     write_json(metrics, path)
     log_to_mlflow(run, run_dir, metrics, record["status"])
     return metrics
+
+
+def merge_timing(previous: dict, flat: dict, evaluators: dict, startup: dict, machine: str) -> dict:
+    """The ``timing`` section: the previous one's entries (kept by ``--only``) updated with this evaluation's."""
+    return {**previous, **flat, "evaluators": {**previous.get("evaluators", {}), **evaluators},
+            "startup": startup, "machine": machine}
 
 
 def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str) -> None:

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import checkpoint, identity
+from . import checkpoint, clock, identity
 from .build import build
 from .config import RunConfig, run_from_dict
 from .distributions import nats_to_bits_per_dim
@@ -98,7 +98,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
 
     # Early-stopping and progress state; all of it goes into last.pt.
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "curve": [], "seconds": 0.0,
-             "status": "ok", "diverged_epoch": None, "diverged_reason": None, "stopped_early": False}
+             "status": "ok", "diverged_epoch": None, "diverged_reason": None, "stopped_early": False,
+             "cpu_seconds": 0.0, "steps": 0, "startup": None}
     best_state = copy.deepcopy(model.state_dict())
     if saved is not None:
         checkpoint.load_state(model, saved["model_state"], resume_path)
@@ -106,6 +107,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
             opt.load_state_dict(s)
         best_state = saved["best_state"]
         state = saved["state"]
+        for key in ("cpu_seconds", "steps", "startup"):  # a last.pt written before these were counted
+            state.setdefault(key, None)
         set_rng_state(saved["rng"])
         shuffle.set_state(saved["shuffle_rng"])
         log.info("resuming %s from epoch %d", run.run_name, state["epoch"])
@@ -129,8 +132,10 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     bar = tqdm(range(state["epoch"], tc.max_epochs), desc=run.run_name, unit="epoch",
                disable=(not progress) if progress is not None else None, leave=True)
     done = state["epoch"] >= tc.max_epochs or state["stopped_early"] or state["status"] != "ok"
+    if not done:  # this process's start-up: from its start to its first batch
+        state["startup"] = clock.startup_record()
     for epoch in ([] if done else bar):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         sums: dict[str, float] = defaultdict(float)
         perm = torch.randperm(len(x_train), generator=shuffle)
@@ -139,6 +144,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
             logs = model.train_step(xb, optimizers, tc)
             for k, v in logs.items():
                 sums[k] += float(v) * len(xb)
+        if state["steps"] is not None:
+            state["steps"] += math.ceil(len(x_train) / tc.batch_size)
         row = {"epoch": epoch + 1, **{f"train_{k}": v / len(x_train) for k, v in sums.items()}}
         reason = None
         if not all(math.isfinite(v) for v in row.values()):
@@ -152,6 +159,8 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
             if not math.isfinite(val):
                 reason = "non-finite validation score"
         state["seconds"] += time.perf_counter() - t0
+        if state["cpu_seconds"] is not None:
+            state["cpu_seconds"] += time.process_time() - cpu0
         row["seconds"] = state["seconds"]
         state["curve"].append(row)
         state["epoch"] = epoch + 1
@@ -178,6 +187,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
             save_resume()
     bar.close()
     save_resume()
+    flops = train_step_flops(model, x_train[: tc.batch_size].to(device), tc)
 
     model.load_state_dict(best_state)
     record = {
@@ -189,6 +199,14 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
         "stopped_early": state["stopped_early"],
         "best_val_nats": state["best_val"] if math.isfinite(state["best_val"]) else None,
         "train_seconds": state["seconds"],
+        # What the training cost, beside its wall seconds: CPU seconds move far less with the machine's load.
+        "train_cpu_seconds": state["cpu_seconds"],
+        "threads": clock.torch_threads(),
+        "load_average": clock.load_average(),
+        "machine": clock.machine(str(device)),
+        "startup": state["startup"],
+        "steps_run": state["steps"],
+        "flops_per_step": flops,
         "curve": state["curve"],
     }
     checkpoint.save({"config": run.to_dict(), "model_state": best_state, "record": record}, out_dir / "checkpoint.pt", "model")
@@ -205,6 +223,26 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     log.info("%s: %s after %d epochs (best %d) in %.1fs", run.run_name, state["status"], state["epoch"],
              state["best_epoch"], state["seconds"])
     return record
+
+
+def train_step_flops(model, x: torch.Tensor, train_cfg) -> int | None:
+    """FLOPs of one ``train_step`` on the batch ``x``, counted by torch's FlopCounterMode (matmuls, convolutions and
+    attention, forward and backward; not element-wise ops or the optimizer's update). It steps a copy of the model
+    with fresh optimisers and restores every RNG afterwards, so the run itself is unchanged. None, with a warning,
+    if the counter fails on a family: a measurement must not lose a trained run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rng = rng_state()
+    try:
+        twin = copy.deepcopy(model).train()
+        with FlopCounterMode(display=False) as counter:
+            twin.train_step(x, twin.configure_optimizers(train_cfg), train_cfg)
+        return int(counter.get_total_flops())
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not count the FLOPs of a training step (%s: %s)", type(err).__name__, err)
+        return None
+    finally:
+        set_rng_state(rng)
 
 
 def write_curve(rows: list[dict], path: Path) -> None:

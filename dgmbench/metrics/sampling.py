@@ -4,7 +4,8 @@ What is measured (evaluator ``sampling``, for ``can_sample`` models), on the run
 
 * samples/s at batch sizes 1, 4, 16, 64 and 256, each the median over up to ``repeats`` timed calls after a warm-up call,
   within a per-measurement time budget (a slow sampler gets fewer repeats, never fewer than one); a batch size
-  whose single call would take longer than ``max_call_seconds`` (predicted from the previous size) is skipped;
+  whose single call would take longer than ``max_call_seconds`` (predicted from the previous size, from its CPU
+  seconds on the CPU, so a loaded machine does not skip what a quiet one measures) is skipped;
 * ``passes_per_sample``: network evaluations per sample, the model's declared ``sampling_passes`` (1 for one-shot
   decoders, D for an ARM, T for diffusion);
 * for ``autoregressive`` models also the naive sampler ``sample_naive`` (every step recomputes the network on the
@@ -13,8 +14,10 @@ What is measured (evaluator ``sampling``, for ``can_sample`` models), on the run
 * growth with image size: a freshly initialised model of the same family and config, built for 8×8 and 28×28
   images with the data's channels and levels (speed does not depend on training), timed the same way.
 
-Every timing lives under a key ending in ``_per_s`` or ``_seconds`` (the determinism test ignores those); all
-other values (batch sizes, passes, shapes, the identity check) are deterministic.
+Every figure keeps its evidence in ``timing`` (:class:`SpeedMeasurement`): the wall and CPU seconds of each timed
+call, the warm-up, the load average, and for a skipped batch size the reason — nothing is dropped silently.
+Every timing lives under a key ending in ``_per_s`` or ``_seconds`` or named ``timing`` (the determinism test
+ignores those); all other values (batch sizes, passes, shapes, the identity check) are deterministic.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from ..clock import load_average
 from ..data import DatasetInfo
 from . import Result, register_evaluator
 
@@ -36,6 +41,7 @@ class SamplingConfig:
     repeats: int = 5  # timed calls per measurement (median), after one warm-up call
     measure_seconds: float = 1.0  # stop repeating a measurement once this much time was spent on it
     max_call_seconds: float = 4.0  # skip a batch size whose one call is predicted to take longer than this
+    # (from the previous size's median call, its CPU seconds where fewer than its wall seconds on the CPU)
     probe_sizes: list[int] = field(default_factory=lambda: [8, 28])  # square image sizes of the size probe
     probe_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])  # batch sizes of the size probe
     probe_seconds: float = 0.5  # time budget of each size-probe measurement
@@ -59,28 +65,64 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Calls(NamedTuple):
+    """The calls behind one measurement: wall and process CPU seconds of each timed call, and the warm-up's."""
+
+    wall: list[float]
+    cpu: list[float]
+    warmup: float | None  # seconds of the untimed warm-up call (None: no warm-up, or it was the timed call)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    def predict(self, device) -> float:
+        """Seconds one call would take on a quiet machine: on the CPU the median CPU seconds when fewer than the
+        median wall seconds (a loaded machine's wall clock counts the time spent waiting for a core); on a GPU
+        the wall seconds (the CPU waits for the GPU there)."""
+        if torch.device(device).type == "cpu":
+            return min(self.median, statistics.median(self.cpu))
+        return self.median
+
+
+def _timed(fn, device) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 @torch.no_grad()
-def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: bool = True) -> float:
-    """Median wall-clock seconds of ``fn()`` over up to ``repeats`` calls, stopping once ``budget_seconds``
-    are spent (at least one timed call). With ``warmup`` the first call is a warm-up — unless it alone took
-    longer than the budget, in which case a slow sampler is not run twice and that call is the measurement."""
-    times: list[float] = []
-    spent = 0.0
+def time_call(fn, *, repeats: int, budget_seconds: float, device="cpu", warmup: bool = True) -> Calls:
+    """Up to ``repeats`` timed calls of ``fn()``, stopping once ``budget_seconds`` are spent (at least one timed
+    call); the figure is their median wall time. With ``warmup`` the first call is an untimed warm-up — unless it
+    alone took longer than the budget, in which case a slow sampler is not run twice and that call is the one
+    timed call."""
+    wall: list[float] = []
+    cpu: list[float] = []
+    first = None
     if warmup:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        first = time.perf_counter() - t0
-        if first > budget_seconds:
-            return first
-    while len(times) < repeats and (not times or spent < budget_seconds):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-    return statistics.median(times)
+        first = _timed(fn, device)
+        if first[0] > budget_seconds:
+            return Calls([first[0]], [first[1]], None)
+    while len(wall) < repeats and (not wall or sum(wall) < budget_seconds):
+        dt, dc = _timed(fn, device)
+        wall.append(dt)
+        cpu.append(dc)
+    return Calls(wall, cpu, first[0] if first else None)
+
+
+@dataclass
+class SpeedMeasurement(Result):
+    """The evidence behind one samples/s figure: every timed call, or why the batch size was not measured."""
+
+    sampler: str  # "cached" (model.sample), "naive" (model.sample_naive), or a size probe's "8x8", "28x28"
+    batch_size: int  # images per call
+    call_seconds: list[float]  # wall-clock seconds of each timed call; the figure is batch_size / their median
+    cpu_seconds: list[float]  # process CPU seconds (all threads) of the same calls
+    warmup_seconds: float | None  # the untimed warm-up call (None: none made, or it was the one timed call)
+    skipped: str | None  # why this batch size was not measured (None: it was)
+    load_average: list[float] | None  # os.getloadavg() (1, 5, 15 min) when the measurement ended
 
 
 @dataclass
@@ -101,6 +143,7 @@ class SamplingResult(Result):
     naive_samples_per_s: dict[str, float | None] | None  # the same for the naive sampler (autoregressive families)
     naive_matches_fast: bool | None  # both samplers drew identical images from one seed
     by_size: dict[str, SizeProbe]  # "8x8", "28x28" → speed of the same family at that size
+    timing: list[SpeedMeasurement] = field(default_factory=list)  # every measurement behind the figures, skipped ones included
 
     def best(self, naive: bool = False) -> tuple[int | None, float | None]:
         """(batch size, samples/s) of the largest batch measured (of the naive sampler with ``naive``)."""
@@ -110,24 +153,32 @@ class SamplingResult(Result):
 
 
 def sampler_speed(sample_fn, *, batch_sizes: list[int], repeats: int, budget_seconds: float,
-                  max_call_seconds: float, device="cpu") -> dict[str, float | None]:
-    """Batch size (as a string) → samples/s of ``sample_fn(n)`` for each n of the increasing ``batch_sizes``.
+                  max_call_seconds: float, device="cpu", sampler: str = "cached"
+                  ) -> tuple[dict[str, float | None], list[SpeedMeasurement]]:
+    """Batch size (as a string) → samples/s of ``sample_fn(n)`` for each n of the increasing ``batch_sizes``, and
+    one :class:`SpeedMeasurement` per batch size, measured or skipped.
 
     A batch size is skipped (``None``, and so are the larger ones) when the previous measurement, scaled linearly
     to it, predicts one call longer than ``max_call_seconds`` — an upper bound, as batching never makes a
     sample slower — so a slow sampler (an ARM's naive path, diffusion at 28×28) does not blow the time budget.
+    The prediction uses :meth:`Calls.predict`, so it does not grow with the machine's load.
     """
     out: dict[str, float | None] = {str(n): None for n in batch_sizes}
-    prev = None  # (batch size, seconds per call) of the last measurement
+    measurements: list[SpeedMeasurement] = []
+    prev = None  # (batch size, predicted seconds per call) of the last measurement
     for n in batch_sizes:
         if prev is not None and prev[1] * n / prev[0] > max_call_seconds:
-            break
+            reason = (f"one call predicted to take {prev[1] * n / prev[0]:.2g} s (from batch {prev[0]}) "
+                      f"> max_call_seconds {max_call_seconds:g}")
+            measurements.append(SpeedMeasurement(sampler, n, [], [], None, reason, load_average()))
+            continue
         # Only the first size gets a warm-up call; the ones after it run on a warm sampler.
-        t = time_call(lambda: sample_fn(n), repeats=repeats, budget_seconds=budget_seconds, device=device,
-                      warmup=prev is None)
-        out[str(n)] = n / t
-        prev = (n, t)
-    return out
+        calls = time_call(lambda: sample_fn(n), repeats=repeats, budget_seconds=budget_seconds, device=device,
+                          warmup=prev is None)
+        out[str(n)] = n / calls.median
+        measurements.append(SpeedMeasurement(sampler, n, calls.wall, calls.cpu, calls.warmup, None, load_average()))
+        prev = (n, calls.predict(device))
+    return out, measurements
 
 
 def _seeded(fn, n: int, seed: int, device) -> torch.Tensor:
@@ -148,15 +199,17 @@ def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -
     model.eval()
     speed = dict(batch_sizes=cfg.batch_sizes, repeats=cfg.repeats, budget_seconds=cfg.measure_seconds,
                  max_call_seconds=cfg.max_call_seconds, device=device)
+    rates, timing = sampler_speed(model.sample, **speed)
     out = SamplingResult(passes_per_sample=int(model.sampling_passes), shape=list(model.info.shape),
-                         batch_sizes=list(cfg.batch_sizes), samples_per_s=sampler_speed(model.sample, **speed),
-                         naive_samples_per_s=None, naive_matches_fast=None, by_size={})
+                         batch_sizes=list(cfg.batch_sizes), samples_per_s=rates,
+                         naive_samples_per_s=None, naive_matches_fast=None, by_size={}, timing=timing)
     if model.autoregressive:
         # The contract's autoregressive families provide a naive sampler beside the cached one.
         a = _seeded(model.sample, cfg.identity_check_samples, seed, device)
         b = _seeded(model.sample_naive, cfg.identity_check_samples, seed, device)
         out.naive_matches_fast = bool(torch.equal(a.cpu(), b.cpu()))
-        out.naive_samples_per_s = sampler_speed(model.sample_naive, **speed)
+        out.naive_samples_per_s, naive = sampler_speed(model.sample_naive, **speed, sampler="naive")
+        out.timing += naive
     for s in cfg.probe_sizes:
         info = size_probe_info(model.info, s)
         trained = info.shape == model.info.shape
@@ -166,8 +219,10 @@ def evaluate_sampling_speed(model, cfg: SamplingConfig, device, seed: int = 0) -
             out.by_size[f"{s}x{s}"] = SizeProbe(list(info.shape), trained, None,
                                                 {str(n): None for n in cfg.probe_batch_sizes}, f"{type(err).__name__}: {err}")
             continue
-        rates = sampler_speed(probe.sample, batch_sizes=cfg.probe_batch_sizes, repeats=cfg.repeats,
-                              budget_seconds=cfg.probe_seconds, max_call_seconds=cfg.max_call_seconds, device=device)
+        rates, timing = sampler_speed(probe.sample, batch_sizes=cfg.probe_batch_sizes, repeats=cfg.repeats,
+                                      budget_seconds=cfg.probe_seconds, max_call_seconds=cfg.max_call_seconds,
+                                      device=device, sampler=f"{s}x{s}")
+        out.timing += timing
         out.by_size[f"{s}x{s}"] = SizeProbe(list(info.shape), trained, int(probe.sampling_passes), rates, None)
     return out
 

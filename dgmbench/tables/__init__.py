@@ -166,3 +166,4 @@ from . import sample_quality  # noqa: E402,F401
 from . import probe  # noqa: E402,F401
 from . import ood  # noqa: E402,F401
 from . import matrix, plots  # noqa: E402,F401
+from . import cost  # noqa: E402,F401

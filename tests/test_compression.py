@@ -48,7 +48,7 @@ class TableARM(GenerativeModel):
     def conditional_logits(self, x):
         B = x.shape[0]
         C, H, W = self.info.shape
-        flat = x.permute(0, 2, 3, 1).reshape(B, -1)  # (B, D) in raster order, channels within a pixel
+        flat = x.long().permute(0, 2, 3, 1).reshape(B, -1)  # (B, D) in raster order, channels within a pixel
         prev = torch.cat([torch.full((B, 1), self.info.num_levels), flat[:, :-1]], 1)  # (B, D)
         if self.peek:
             prev = flat
@@ -255,3 +255,17 @@ def test_normalisation_checkpoint_check_catches_a_leaky_conditional(tiny):
     out = evaluate_normalisation(make_ctx(tiny, _space_dataset(tiny)),
                                  NormalisationConfig(spaces=[[1, 2, 2, 3]], toy_train_steps=0, causal_positions=4))
     assert not out.checkpoint.passed and out.checkpoint.max_violation > 0.1
+
+
+@pytest.mark.parametrize("peek", [False, True])
+def test_causality_check_on_8_bit_images(peek):
+    """The 28×28 datasets are uint8 with 256 levels, where the check's 'next level' of 255 wraps: it must run on
+    them (it divided by zero there) and still tell a causal model from a leaky one."""
+    from dgmbench.metrics.normalisation import causality_check
+
+    model = TableARM({}, small_info(shape=(1, 2, 2), num_levels=256)).eval()
+    model.peek = peek
+    x = torch.tensor([[255, 0, 254, 255], [3, 255, 255, 1]], dtype=torch.uint8).view(2, 1, 2, 2)
+    check = causality_check(model, x, num_positions=4)
+    assert check.passed is (not peek)
+    assert (check.max_violation > 0.1) if peek else check.max_violation == pytest.approx(0.0, abs=1e-12)

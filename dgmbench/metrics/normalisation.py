@@ -158,8 +158,8 @@ def causality_check(model, x: torch.Tensor, num_positions: int, seed: int = 0) -
     worst = 0.0
     for d in chosen:
         c, h, w = order[d]
-        x2 = x.clone()
-        x2[:, c, h, w] = (x2[:, c, h, w] + 1) % model.info.num_levels
+        x2 = x.clone()  # the next level, cyclically; in int64, since 255 + 1 wraps (and % 256 divides by 0) in uint8
+        x2[:, c, h, w] = ((x2[:, c, h, w].long() + 1) % model.info.num_levels).to(x2.dtype)
         moved = (model.conditional_logits(x2).double() - base).abs()  # (B, L, C, H, W)
         for e in range(d + 1):
             ce, he, we = order[e]

@@ -21,9 +21,8 @@ The "beyond torch" column is a row's figure minus ``import torch``'s (the issue'
     nice -n 10 .venv/bin/python benchmarks/startup.py                 # 5 repeats
     nice -n 10 .venv/bin/python benchmarks/startup.py --repeats 3
 
-Figures (2-core Zen 5 EPYC, torch 2.14.1, CPU; median of 5; both runs on a machine loaded by a pipeline run, so
-read the CPU columns, which move less with load):
-see the report of issue #19 for before/after.
+No figures are recorded here yet: the before/after runs of issue #19 were made on a machine loaded 4-17 (other
+jobs on its 2 cores), where even `import torch` took 4-119 s of wall time; rerun on a quiet machine and record them.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def cmd_list(args) -> int:
 
     print("models:")
     for name in MODELS.names():
-        cls = MODELS.get(name)
-        print(f"  {name:<14} [{cls.likelihood.value:<5}] {cls.description}  ({MODELS.source(name)})")
+        meta = MODELS.meta(name)  # an in-tree family's declaration: its module (and torch) stays unimported
+        print(f"  {name:<14} [{meta['likelihood']:<5}] {meta['description']}  ({MODELS.source(name)})")
     print("datasets:")
     for name in DATASETS.names():
         info = DATASETS.get(name).info

@@ -30,13 +30,14 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-from scipy.stats import norm
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -66,6 +67,15 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+def split_of(x: np.ndarray, y: np.ndarray) -> Split:
+    """A :class:`Split` holding copies of (N, C, H, W) uint8 images and (N,) integer labels.
+
+    torch is imported here, not at the top of this module: listing datasets and checking a grid need none."""
+    import torch
+
+    return Split(torch.from_numpy(np.array(x, order="C")), torch.from_numpy(y.astype(np.int64)))
 
 
 @dataclass
@@ -129,6 +139,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> Datas
 
 
 def _check(ds: Dataset) -> None:
+    import torch
+
     for split_name in ("train", "val", "test"):
         s = ds.split(split_name)
         if s.x.dtype != torch.uint8 or tuple(s.x.shape[1:]) != ds.info.shape:
@@ -151,10 +163,7 @@ def _split(x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, int], *, permute
     if a + b + c > len(x):
         raise DatasetUnavailable(f"expected at least {a + b + c} images, found {len(x)}")
     cuts = [(0, a), (a, a + b), (len(x) - c, len(x))]
-    return tuple(
-        Split(torch.from_numpy(np.ascontiguousarray(x[i:j])), torch.from_numpy(y[i:j].astype(np.int64)))
-        for i, j in cuts
-    )
+    return tuple(split_of(x[i:j], y[i:j]) for i, j in cuts)
 
 
 # --------------------------------------------------------------------------------------------- digits
@@ -166,12 +175,31 @@ def _split(x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, int], *, permute
     description="scikit-learn's bundled 8×8 digits, 17 grey levels, 1000/350/447 (the default; embedded)",
 )
 def _load_digits(data_root):
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    images, target = _read_sklearn_digits()
+    x = images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
     # intro_dgm's split: train = first 1000, val = next 350, test = the last 447.
-    return _split(x, bunch.target, (1000, 350, 447), permute_seed=None)
+    return _split(x, target, (1000, 350, 447), permute_seed=None)
+
+
+def _read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: (1797, 8, 8) float images and (1797,) integer labels.
+
+    Read from the file that ``sklearn.datasets.load_digits`` parses, the way it parses it, without importing
+    scikit-learn: that import brings scipy.stats and pandas, ~1 s of every digits job. ``load_digits`` itself is
+    the fallback should a scikit-learn release move the file."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
+    roots = spec.submodule_search_locations if spec is not None and spec.submodule_search_locations else []
+    path = next((Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots), None)
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")  # (1797, 65): 64 pixel values, then the label
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 # -------------------------------------------------------------------------------------- IDX (MNIST-like)
@@ -222,10 +250,8 @@ def _load_mnist_like(dirs: list[Path], missing_message: str):
     x_train, y_train = _idx_pair(d, "train")
     x_test, y_test = _idx_pair(d, "t10k")
     n = len(x_train)
-    train = Split(torch.from_numpy(x_train[: n - 10000, None].copy()), torch.from_numpy(y_train[: n - 10000].astype(np.int64)))
-    val = Split(torch.from_numpy(x_train[n - 10000 :, None].copy()), torch.from_numpy(y_train[n - 10000 :].astype(np.int64)))
-    test = Split(torch.from_numpy(x_test[:, None].copy()), torch.from_numpy(y_test.astype(np.int64)))
-    return train, val, test
+    return (split_of(x_train[: n - 10000, None], y_train[: n - 10000]),
+            split_of(x_train[n - 10000 :, None], y_train[n - 10000 :]), split_of(x_test[:, None], y_test))
 
 
 @register_dataset(
@@ -309,8 +335,7 @@ def _load_cifar10(data_root):
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     x_te, y_te = batch("test_batch")
-    to_split = lambda x, y: Split(torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64)))  # noqa: E731
-    return to_split(x_tr[:45000], y_tr[:45000]), to_split(x_tr[45000:], y_tr[45000:]), to_split(x_te, y_te)
+    return split_of(x_tr[:45000], y_tr[:45000]), split_of(x_tr[45000:], y_tr[45000:]), split_of(x_te, y_te)
 
 
 # ------------------------------------------------------------------------------------ package datasets
@@ -399,11 +424,13 @@ class Toy2D:
             sq = np.floor((centers + 4.0) / 2.0).astype(int)
             dark = (sq[:, None] + sq[None, :]) % 2 == 0
             return dark / dark.sum()
+        from scipy.special import ndtr  # the standard normal CDF; scipy.stats (what norm.cdf is) costs ~1 s to import
+
         edges[0], edges[-1] = -np.inf, np.inf
         p = np.zeros((TOY_LEVELS, TOY_LEVELS))
         for mx, my in self.means:
-            px = np.diff(norm.cdf(edges, loc=mx, scale=self.std))
-            py = np.diff(norm.cdf(edges, loc=my, scale=self.std))
+            px = np.diff(ndtr((edges - mx) / self.std))
+            py = np.diff(ndtr((edges - my) / self.std))
             p += np.outer(px, py)
         return p / len(self.means)
 
@@ -441,7 +468,7 @@ def _register_toy(density: Toy2D, description: str, num_classes: int):
         parts = []
         for n, seed in ((10000, 0), (2000, 1), (2000, 2)):
             x, y = density.sample(n, seed)
-            parts.append(Split(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))))
+            parts.append(split_of(x, y))
         return tuple(parts)
 
 

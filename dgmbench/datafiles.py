@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import ConfigError
-from .data import DATASETS, DatasetUnavailable, Split, _load_cached, register_dataset
+from .data import DATASETS, DatasetUnavailable, Split, _load_cached, register_dataset, split_of
 
 
 class DataFileError(ConfigError, DatasetUnavailable):
@@ -197,7 +196,7 @@ def read_data_file(spec: DataFile) -> tuple[tuple[int, int, int], int, tuple[Spl
             [f"{where}: {problems[0]}"]
         raise DataFileError("\n".join(lines))
     y = y.astype(np.int64) if y is not None else np.zeros(len(x), dtype=np.int64)
-    splits = tuple(Split(torch.from_numpy(np.ascontiguousarray(x[i])), torch.from_numpy(y[i])) for i in parts)
+    splits = tuple(split_of(x[i], y[i]) for i in parts)
     return tuple(x.shape[1:]), int(y.max()) + 1 if len(y) else 1, splits
 
 

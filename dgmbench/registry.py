@@ -9,17 +9,23 @@ Plugins use the ecosystem's convention (pytest's ``pytest11``): a package declar
     made = "dgmbench_made"          # a module whose import runs @register_model("made")
 
 and the registry loads every entry point of its group on the first lookup (not at import, so ``--help`` and
-the in-tree registrations stay cheap). Each entry records its *source*: ``dgmbench`` for the in-tree ones, the
-distribution's name for a plugin, ``file <path>`` for a dataset declared in a grid. A plugin that registers a
-taken name is refused with both sources named; a plugin that fails to import is reported in one log line
-naming it and the error (kept in :attr:`Registry.plugin_errors`), and everything else keeps working.
+the in-tree registrations stay cheap). An in-tree entry may be *declared* rather than registered: its name, the
+module whose import registers it, and the static metadata ``dgmbench list`` shows (:meth:`Registry.declare`), so
+listing imports no torch and no model; the module is imported on the first :meth:`Registry.get` of that name
+(tests/test_startup.py checks each declaration against what the loaded entry declares). Each entry records its
+*source*: ``dgmbench`` for the in-tree ones, the distribution's name for a plugin, ``file <path>`` for a dataset
+declared in a grid. A plugin that registers a taken (or declared) name is refused with both sources named; a plugin
+that fails to import is reported in one log line naming it and the error (kept in :attr:`Registry.plugin_errors`),
+and everything else keeps working.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import contextmanager
-from typing import Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 BUILTIN = "dgmbench"  # the source of every in-tree entry
@@ -38,10 +44,21 @@ class NameClashError(ValueError):
     """A name registered twice; the message names both sources."""
 
 
+@dataclass(frozen=True)
+class Declared:
+    """An in-tree entry known before its module is imported."""
+
+    module: str  # e.g. "dgmbench.models.vae"; importing it runs the decorator that registers the entry
+    meta: dict[str, Any]  # what `dgmbench list` shows, e.g. {"likelihood": "bound", "description": "..."}
+
+
+def _module_of(obj) -> str | None:
+    return getattr(getattr(obj, "loader", obj), "__module__", None)
+
+
 def _package_of(obj) -> str | None:
     """The distribution that defines ``obj`` (a class, a function, or a spec holding a ``loader``), if not dgmbench."""
-    owner = getattr(obj, "loader", obj)  # a DatasetSpec belongs to the module of its loader function
-    top = (getattr(owner, "__module__", None) or "").split(".")[0]
+    top = (_module_of(obj) or "").split(".")[0]  # a DatasetSpec belongs to the module of its loader function
     if top in ("", BUILTIN, "__main__", "builtins"):
         return None
     from importlib.metadata import packages_distributions
@@ -50,10 +67,13 @@ def _package_of(obj) -> str | None:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 describe: Callable[[T], dict[str, Any]] | None = None):
         self.kind = kind  # "model" or "dataset", used in error messages
         self.entry_point_group = entry_point_group  # e.g. "dgmbench.models"; None = no plugins
+        self.describe = describe  # an entry → the metadata a declaration gives without importing it (meta())
         self._entries: dict[str, T] = {}
+        self._declared: dict[str, Declared] = {}  # in-tree entries by module path; kept after they load
         self._sources: dict[str, str] = {}
         self._current_source = BUILTIN  # who is registering right now (a plugin while its entry point loads)
         self._plugins_loaded = False
@@ -65,7 +85,10 @@ class Registry(Generic[T]):
             src = source or self._current_source
             if src == BUILTIN:  # e.g. a plugin imported directly, before any lookup loaded its entry point
                 src = _package_of(obj) or BUILTIN
-            if name in self._entries:
+            declared = self._declared.get(name)
+            if declared is not None and name not in self._entries and _module_of(obj) == declared.module:
+                src = BUILTIN  # the declared module filling its own entry (even when a plugin imported it)
+            elif name in self._entries or declared is not None:
                 raise NameClashError(
                     f"{self.kind} {name!r} from {src} clashes: {name!r} is already registered, from "
                     f"{self._sources[name]}; one of them must be renamed"
@@ -76,9 +99,17 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def declare(self, name: str, module: str, **meta: Any) -> None:
+        """Make an in-tree entry known by name and ``meta`` alone; ``module`` registers it when first looked up."""
+        if name in self._sources:
+            raise NameClashError(f"{self.kind} {name!r} is declared twice")
+        self._declared[name] = Declared(module, meta)
+        self._sources[name] = BUILTIN
+
     def unregister(self, name: str) -> None:
         """Remove an entry (a grid's file dataset re-declared with other settings; tests)."""
         self._entries.pop(name, None)
+        self._declared.pop(name, None)
         self._sources.pop(name, None)
 
     @contextmanager
@@ -117,26 +148,45 @@ class Registry(Generic[T]):
 
     # --- looking up --------------------------------------------------------------------------------------
     def get(self, name: str) -> T:
-        self.load_plugins()
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
-            ) from None
+        """The entry; a declared one's module is imported on its first lookup."""
+        self._check_known(name)
+        if name not in self._entries:
+            module = self._declared[name].module
+            importlib.import_module(module)
+            if name not in self._entries:
+                raise RuntimeError(f"{module} is declared to register {self.kind} {name!r} but did not")
+        return self._entries[name]
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """What ``describe`` says of the entry, from its declaration while its module is not imported."""
+        self._check_known(name)
+        if name in self._entries and self.describe is not None:
+            return self.describe(self._entries[name])
+        if name in self._declared:
+            return dict(self._declared[name].meta)
+        raise TypeError(f"the {self.kind} registry has no describe function")
+
+    def declared(self, name: str) -> dict[str, Any] | None:
+        """The static metadata declared for an in-tree entry (None for a registered one); see meta()."""
+        declared = self._declared.get(name)
+        return dict(declared.meta) if declared is not None else None
 
     def source(self, name: str) -> str:
         """Where ``name`` comes from: ``dgmbench``, a plugin's distribution name, or ``file <path>``."""
-        self.get(name)
+        self._check_known(name)
         return self._sources[name]
 
     def names(self) -> list[str]:
         self.load_plugins()
-        return sorted(self._entries)
+        return sorted(self._sources)  # registered and declared
 
     def __contains__(self, name: object) -> bool:
         self.load_plugins()
-        return name in self._entries
+        return name in self._sources
+
+    def _check_known(self, name: str) -> None:
+        if name not in self:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -32,8 +32,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
-from scipy.stats import rankdata
 
 from ..data import DatasetUnavailable, dataset_info, list_datasets, load_dataset
 from ..distributions import nats_to_bits_per_dim
@@ -77,6 +75,8 @@ def auroc(score_in: np.ndarray, score_ood: np.ndarray) -> float:
         raise ValueError("auroc needs at least one in-distribution and one OOD score")
     if np.isnan(s_in).any() or np.isnan(s_ood).any():
         return math.nan
+    from scipy.stats import rankdata  # here, not at the top: scipy.stats costs every job ~1 s to import
+
     ranks = rankdata(np.concatenate([s_in, s_ood]))  # average ranks for ties; ±inf rank like any value
     n_in, n_ood = len(s_in), len(s_ood)
     u = ranks[n_in:].sum() - n_ood * (n_ood + 1) / 2.0
@@ -130,6 +130,8 @@ def png_bits(x: torch.Tensor) -> np.ndarray:
     2-byte header and 4-byte checksum) is counted: the PNG signature and header chunks are the same for every
     image of a shape and would only shift all scores by a constant.
     """
+    from PIL import Image
+
     arr = x.detach().cpu().numpy()
     if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
         raise ValueError("png_bits needs levels in 0..255")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetInfo
-from ..registry import Registry
+from . import MODELS  # the registry lives in the package's __init__, which imports no torch
 
 
 class Likelihood(str, enum.Enum):
@@ -195,9 +195,6 @@ class GenerativeModel(nn.Module):
         if x.is_floating_point():
             raise ValueError("expected integer pixel levels (uint8/int64), got floats; pass the dataset's values")
         return x.long()
-
-
-MODELS: Registry[type[GenerativeModel]] = Registry("model")
 
 
 def register_model(name: str):

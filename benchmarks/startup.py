@@ -1,0 +1,126 @@
+"""What a dgmbench process costs before it does any work: import times and the fixed cost of one tiny job.
+
+A benchmark, not a test: it prints one table. Every figure is the median of ``--repeats`` fresh processes (each
+started the way Snakemake starts a job: ``python -m dgmbench ...``, one torch thread), in wall seconds and in the
+process's own CPU seconds (user + system, from ``getrusage`` of the child). CPU seconds move less with the load
+of a shared machine than wall seconds do; the load average and the core count are printed so a reader can judge.
+
+Rows:
+  python                   ``python -c pass``: the interpreter alone
+  import torch             ``import torch``
+  dgmbench --help          the parser (no torch, no model, no metric)
+  dgmbench list            every registered model and dataset (the same)
+  train imports            what a train job imports before its loop: dgmbench.train, the grid check
+                           (``validate_grid``) and the first Adam optimizer
+  evaluate imports         dgmbench.evaluate and the grid check
+  train job, fixed         a 1-epoch ``dgmbench train`` of the VAE on 64 digits, minus its training loop's seconds
+                           (``train_seconds``, the loop's wall time; one thread, so ≈ its CPU time on a quiet machine)
+  evaluate job, fixed      ``dgmbench evaluate --only likelihood`` of that run, minus the evaluators' seconds
+The "beyond torch" column is a row's figure minus ``import torch``'s (the issue's target: ≤ 1.5 s per job).
+
+    nice -n 10 .venv/bin/python benchmarks/startup.py                 # 5 repeats
+    nice -n 10 .venv/bin/python benchmarks/startup.py --repeats 3
+
+No figures are recorded here yet: the before/after runs of issue #19 were made on a machine loaded 4-17 (other
+jobs on its 2 cores), where even `import torch` took 4-119 s of wall time; rerun on a quiet machine and record them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+IMPORTS = {  # row → python code timed in a fresh process
+    "python": "pass",
+    "import torch": "import torch",
+    "train imports": ("import torch, dgmbench.train; from dgmbench.config import validate_grid; validate_grid({}); "
+                      "torch.optim.Adam([torch.zeros(1, requires_grad=True)])"),
+    "evaluate imports": "import dgmbench.evaluate; from dgmbench.config import validate_grid; validate_grid({})",
+}
+TINY_GRID = {  # the job the per-job rows time: one epoch of the VAE on 64 digits, one likelihood bound
+    "datasets": ["digits"], "models": ["vae"], "seeds": [0], "device": "cpu", "threads": 1,
+    "train": {"all": {"max_epochs": 1, "num_train": 64, "num_val": 64, "batch_size": 64, "patience": 0}},
+    "eval": {"likelihood": {"iwae_k": 2, "iwae_repeats": 1}, "test_subset": {"max_images": 64}},
+}
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(wall, CPU) seconds of one child process; CPU = its user + system time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def median_pair(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5, help="processes per row; the table shows medians (default 5)")
+    args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be ≥ 1")
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    py = sys.executable
+    load_before = os.getloadavg()
+    rows: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="dgmbench-startup-") as tmp:
+        work = Path(tmp)
+        (work / "grid.json").write_text(json.dumps(TINY_GRID))
+        for name, code in IMPORTS.items():
+            rows[name] = median_pair([timed([py, "-c", code], work, env) for _ in range(args.repeats)])
+        for name, cli in (("dgmbench --help", ["--help"]), ("dgmbench list", ["list"])):
+            rows[name] = median_pair([timed([py, "-m", "dgmbench", *cli], work, env) for _ in range(args.repeats)])
+
+        train_fixed, eval_fixed = [], []
+        for i in range(args.repeats):
+            run = work / "runs" / f"r{i}"
+            wall, cpu = timed([py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config",
+                               "grid.json", "--out", str(run)], work, env)
+            metrics_cmd = [py, "-m", "dgmbench", "evaluate", "--run", str(run), "--only", "likelihood",
+                           "--config", "grid.json"]
+            ewall, ecpu = timed(metrics_cmd, work, env)
+            timing = json.loads((run / "metrics.json").read_text())["timing"]
+            loop = timing["train_seconds"]
+            evaluators = sum(v for k, v in timing.items() if k != "train_seconds" and k.endswith("_seconds"))
+            train_fixed.append((wall - loop, cpu - loop))
+            eval_fixed.append((ewall - evaluators, ecpu - evaluators))
+        rows["train job, fixed"] = median_pair(train_fixed)
+        rows["evaluate job, fixed"] = median_pair(eval_fixed)
+    load_after = os.getloadavg()
+
+    order = ["python", "import torch", "dgmbench --help", "dgmbench list", "train imports", "evaluate imports",
+             "train job, fixed", "evaluate job, fixed"]
+    torch_wall, torch_cpu = rows["import torch"]
+    print(f"median of {args.repeats} processes; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1-min)")
+    print(f"{'':<22} {'wall s':>7} {'CPU s':>7}   {'beyond torch: wall':>18} {'CPU':>6}")
+    for name in order:
+        wall, cpu = rows[name]
+        beyond = (f"{wall - torch_wall:18.2f} {cpu - torch_cpu:6.2f}" if name not in ("python", "import torch",
+                  "dgmbench --help", "dgmbench list") else f"{'':>18} {'':>6}")
+        print(f"{name:<22} {wall:7.2f} {cpu:7.2f}   {beyond}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -168,7 +168,7 @@ def test_cost_table_from_the_trainers_and_evaluators_own_outputs(tiny_run, tmp_p
     old_only["run"]["evaluated"]["sampling"] = False  # ... and (say) cannot sample: that evaluator did not apply
     old_only = RunRecord.from_dict(old_only)
     paths = cost_table(new + [old_seed, old_only], tmp_path)
-    assert {p.name for p in paths} == {"cost.csv", "cost.md", "anytime_digits.png"}
+    assert {p.name for p in paths} == {"cost.csv", "cost.md", "cost.html", "anytime_digits.png", "anytime_digits.json"}
     df = pd.read_csv(tmp_path / "tables" / "cost.csv", dtype=str).set_index("model")
     row, old = df.loc["vae"], df.loc["vae-old"]
 

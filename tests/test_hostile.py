@@ -447,9 +447,9 @@ def test_malformed_tracking_uri(uri, capsys, isolated_cwd):
 
 @pytest.mark.parametrize("port", ["0", "70000", "-1"])
 def test_ui_port_out_of_range(port, capsys, isolated_cwd, monkeypatch):
-    import dgmbench.cli as cli
+    import dgmbench.tracking as tracking
 
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: pytest.fail("started the UI"))
+    monkeypatch.setattr(tracking, "serve_ui", lambda *a, **kw: pytest.fail("started the UI"))
     assert "not a TCP port" in fails(capsys, "ui", "--port", port)
 
 

@@ -267,7 +267,8 @@ def test_ood_table(tmp_path):
                         skipped={"mnist": "mnist needs the torchvision files locally: set data_root"})
         return make_run("fashion-mnist", "vae", seed, status=status, family="VAE", ood=ood)
 
-    paths = ood_table([run(0, 0.2), run(1, 0.4), run(2, 0.99, status="diverged")], tmp_path)
+    written = ood_table([run(0, 0.2), run(1, 0.4), run(2, 0.99, status="diverged")], tmp_path)
+    paths = [p for p in written if p.suffix in (".csv", ".md")]  # ood.csv, ood.md, ood_auroc.csv, ood_auroc.md
     import pandas as pd
 
     df = pd.read_csv(paths[0])

@@ -220,5 +220,6 @@ def anytime_figures(groups: dict, out_dir: Path) -> list[Path]:
                      "one line per seed, ● its last epoch", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-        written.append(_save(fig, fdir / f"anytime_{dataset}.png"))
+        plotted = {model: [[list(p) for p in pts] for pts in curves] for model, curves in models.items()}
+        written += _save(fig, fdir / f"anytime_{dataset}.png", plotted)  # the PNG and its data manifest
     return written

@@ -200,6 +200,16 @@ def test_thresholds_flip_verdicts():
     for r in rs:  # worse than the histogram baseline: flagged
         r.results["likelihood"].nll_nats = 200.0
     assert "WORSE than the per-pixel histogram" in likelihood_cell(rs)[1]
+    one_short = arm_runs()[:1]  # one seed (no CV) and a 3-epoch curve (no noise measure): no evidence either way
+    t = one_short[0].results["training"]
+    t.train_loss = t.train_loss[:3]
+    t.noise = curve_noise(t.train_loss)
+    assert math.isnan(t.noise)
+    verdict, text = training_cell(one_short)
+    assert verdict is None and text.startswith("not measured") and "CV n/a (1 seed)" in text
+    t.train_loss = arm_runs()[0].results["training"].train_loss  # a long curve: its noise decides
+    t.noise = curve_noise(t.train_loss)
+    assert training_cell(one_short)[0] == "stable"
     one_pass_slow = [run("x", sampling=sampling(1, batch1=THRESHOLDS.min_fast_samples_per_s / 2))]
     assert sampling_cell(one_pass_slow)[0] == "slow"
 

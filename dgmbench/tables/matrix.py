@@ -125,10 +125,15 @@ def training_cell(runs: list, th: Thresholds = THRESHOLDS, lr_sens: float = math
         reasons.append("seed CV")
     if not math.isnan(s["noise"]) and s["noise"] > th.max_noise:
         reasons.append("noisy loss")
-    verdict = "unstable" if reasons else "stable"
+    # "stable" needs a measurement that could have said otherwise: one seed has no CV, and a curve too short for
+    # the noise measure has no noise; with neither, only a failure can give a verdict.
+    unmeasured = math.isnan(s["cv"]) and math.isnan(s["noise"])
+    verdict = "unstable" if reasons else None if unmeasured else "stable"
     cv = "CV n/a (1 seed)" if len(s["values"]) < 2 else f"CV {fmt_pct(s['cv'])}"
     parts = [f"{cv} of {s['metric']}", f"{s['num_failed']}/{s['num_runs']} failed",
              f"loss noise {fmt_pct(s['noise'])}"]
+    if verdict is None:
+        return None, f"{NOT_MEASURED} (no seed CV and no loss noise: {', '.join(parts)})"
     if not math.isnan(lr_sens):
         parts.append(f"lr ×0.3–×3 Δ {fmt_pct(lr_sens)}")
     return verdict, f"{verdict} ({', '.join(parts)})"
@@ -343,7 +348,9 @@ def matrix_table(runs: list[dict], out_dir: Path) -> list[Path]:
         "distance for the GAN, the linear-probe accuracy for encoders) ≤ max_seed_cv, and the training loss's "
         "relative epoch-to-epoch noise over its second half (sd of its second difference / √6 / its level, "
         "dgmbench/metrics/stability.py) ≤ max_noise; 'lr Δ' is the largest relative change of that metric "
-        "across the ×0.3/×3 learning-rate sweep (config/lr_sweep.yaml), when run.",
+        "across the ×0.3/×3 learning-rate sweep (config/lr_sweep.yaml), when run. With one seed (no CV) and a "
+        "curve too short for the noise measure, no run having failed, the cell says 'not measured' rather than "
+        "'stable'.",
         "likelihood: exact iff declared exact, Σp over every image of a tiny enumerable space (1×2×2, 3 levels) "
         "is 1 within exact_tolerance for fresh models of the default and the run's config and for the latter "
         "after a few training steps on that space, and the trained checkpoint passes its own check (causal "

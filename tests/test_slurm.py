@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow" / "slurm" / "local_cluster.sh"
 MODELS = ["arm", "vae"]
 # Wall-clock columns, and "vs lecture", which reads the timing-based sampling verdict.
-TIMING = re.compile(r"seconds|samples/s|per s|/s\b|time|speed|sampl|lecture", re.IGNORECASE)
+TIMING = re.compile(r"seconds|samples/s|per s|/s\b|(?<= )s\b(?!\.)|wall|cpu|start-up|time|speed|sampl|lecture", re.IGNORECASE)
 
 
 def why_not() -> str | None:

@@ -53,7 +53,7 @@ rule tables:
         figures=report(
             directory(f"{RESULTS}/figures"),
             patterns=[  # dataset names without "_", so samples_<dataset>_<model> reads one way only
-                "{kind,nll_vs_speed|training_curves|rate_distortion|samples}_{dataset,[^_]+}.png",
+                "{kind,nll_vs_speed|training_curves|rate_distortion|anytime|samples}_{dataset,[^_]+}.png",
                 "{kind,samples}_{dataset,[^_]+}_{model}.png",
             ],
             caption="../report/figures.rst",

@@ -147,7 +147,7 @@ def test_evaluate_prints_one_flushed_line_per_evaluator_with_its_time(tiny_run, 
         assert float(m[2]) == pytest.approx(metrics["timing"][f"{name}_seconds"], abs=0.05)
         total += float(m[2])
         assert any(snapshot.endswith(line + "\n") for snapshot in out.flushed), f"{name}'s line was not flushed"
-    assert total <= wall
+    assert total <= wall + 0.05 * len(names)  # each printed time is rounded to 0.1 s: up to 0.05 s high each
     assert lines[-1].endswith(f"wrote {tiny_run['run'] / 'metrics.json'}")
 
 

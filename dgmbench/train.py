@@ -13,7 +13,6 @@ import csv
 import logging
 import math
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     if not done:  # this process's start-up: from its start to its first batch
         state["startup"] = clock.startup_record()
     for epoch in ([] if done else bar):
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        watch = clock.Stopwatch().start()  # the epoch's wall and CPU seconds, validation included
         model.train()
         sums: dict[str, float] = defaultdict(float)
         perm = torch.randperm(len(x_train), generator=shuffle)
@@ -158,9 +157,10 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
                 row["val_bpd"] = float(nats_to_bits_per_dim(val, dataset.info.num_dims))
             if not math.isfinite(val):
                 reason = "non-finite validation score"
-        state["seconds"] += time.perf_counter() - t0
+        watch.stop()
+        state["seconds"] += watch.wall_seconds
         if state["cpu_seconds"] is not None:
-            state["cpu_seconds"] += time.process_time() - cpu0
+            state["cpu_seconds"] += watch.cpu_seconds
         row["seconds"] = state["seconds"]
         state["curve"].append(row)
         state["epoch"] = epoch + 1

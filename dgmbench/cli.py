@@ -64,15 +64,88 @@ def cmd_train(args) -> int:
     from .config import resolve_run
     from .train import summary_line, train
 
+    if args.evaluate and args.evaluate_pending:
+        raise UserError("give --evaluate (write OUT/metrics.json) or --evaluate-pending (the workflow's), not both")
     grid = grid_of(args)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
     out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
     record = train(run, out)
     print(f"{summary_line(run, record)}; checkpoint in {out}", flush=True)
+    if args.evaluate:
+        from .config import eval_settings
+
+        metrics = evaluate_run(out, eval_settings(grid))
+        print(f"{evaluation_summary(metrics)}; wrote {out / 'metrics.json'}", flush=True)
+    elif args.evaluate_pending:
+        evaluate_pending(args, out)
     return 0
 
 
+EVAL_ENV = "DGMBENCH_EVAL_JSON"  # the workflow's eval section, for --evaluate-pending (workflow/rules/common.smk)
+
+
+def evaluate_pending(args, out: Path) -> None:
+    """The workflow's train job: evaluate in this process with the eval settings its evaluate job will be handed
+    (that job's --config-json is this job's plus the grid's eval section, which the workflow puts in
+    $DGMBENCH_EVAL_JSON) and leave metrics.pending.json for it. A failure here costs nothing but the saving: the
+    evaluate job then evaluates (and reports the error) in a process of its own."""
+    import json
+    import os
+
+    from .pending import PENDING
+
+    section = os.environ.get(EVAL_ENV)
+    if args.config_json is None or section is None:
+        print(f"not evaluating in this process: --evaluate-pending needs --config-json and ${EVAL_ENV} "
+              "(the workflow sets both); the evaluate job will evaluate", file=sys.stderr, flush=True)
+        return
+    try:
+        from .config import eval_settings, parse_yaml_text, validate_grid
+        from .pending import pending_key
+
+        eval_grid = {**json.loads(args.config_json), "eval": json.loads(section)}
+        settings = eval_settings(validate_grid(parse_yaml_text(json.dumps(eval_grid), f"${EVAL_ENV}")))
+        metrics = evaluate_run(out, settings, pending_key=pending_key(out, eval_grid))
+    except Exception as err:  # noqa: BLE001 - the run is trained; its evaluate job evaluates (and fails) on its own
+        (out / PENDING).unlink(missing_ok=True)
+        print(f"evaluation in the training process failed ({type(err).__name__}: {str(err)[:300]}); the evaluate "
+              "job will evaluate the run in a process of its own", file=sys.stderr, flush=True)
+        return
+    print(f"{evaluation_summary(metrics)}; left {out / PENDING} for the evaluate job", flush=True)
+
+
+def evaluate_run(run_dir: Path, settings: dict, pending_key: dict | None = None) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(run_dir, eval_config=settings, progress=lambda s: print(s, flush=True), pending_key=pending_key,
+                    in_training_process=True)
+
+
+def evaluation_summary(metrics: dict) -> str:
+    lik = metrics.get("likelihood", {})
+    summary = (f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim"
+               if lik.get("nll_nats") is not None else "no likelihood")
+    return f"{metrics['run']['model']}-{metrics['run']['dataset']}-seed{metrics['run']['seed']}: {summary}"
+
+
 def cmd_evaluate(args) -> int:
+    if args.adopt_pending:
+        import json
+
+        from .pending import adopt_pending
+
+        if args.config_json is None or args.only:
+            raise UserError("--adopt-pending (the workflow's evaluate job) needs --config-json and no --only")
+        try:
+            eval_grid = json.loads(args.config_json)
+        except ValueError as err:
+            raise UserError(f"--config-json is not JSON ({err}); give the grid as JSON text") from None
+        why = adopt_pending(Path(args.run), eval_grid)
+        if why is None:
+            print(f"{Path(args.run) / 'metrics.json'}: the evaluation made by the training process, adopted (same "
+                  "checkpoint, settings and code); its per-evaluator lines are in the train job's log", flush=True)
+            return 0
+        print(f"{why}; evaluating", flush=True)
     from .evaluate import evaluate
     from .metrics import EVALUATORS
 
@@ -84,11 +157,7 @@ def cmd_evaluate(args) -> int:
 
         eval_config = eval_settings(grid_of(args))
     metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config, progress=lambda s: print(s, flush=True))
-    lik = metrics.get("likelihood", {})
-    summary = (f"{lik['estimator']} NLL {lik['nll_nats']:.2f} nats = {lik['nll_bpd']:.3f} bits/dim"
-               if lik.get("nll_nats") is not None else "no likelihood")
-    print(f"{metrics['run']['model']}-{metrics['run']['dataset']}-seed{metrics['run']['seed']}: {summary}; "
-          f"wrote {Path(args.run) / 'metrics.json'}")
+    print(f"{evaluation_summary(metrics)}; wrote {Path(args.run) / 'metrics.json'}")
     return 0
 
 
@@ -206,6 +275,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="override a run setting, e.g. train.max_epochs=5, hparams.latent_dim=8 (repeatable); "
                         "hparams keys are the fields of the family's Config in dgmbench/models/<family>.py")
     t.add_argument("--out", metavar="DIR", help="run directory (default: <runs_dir>/<dataset>/<model>/seed<seed>)")
+    t.add_argument("--evaluate", action="store_true",
+                   help="then evaluate the run in this process, with the eval: settings of --config (as `dgmbench "
+                        "evaluate --run OUT --config FILE` would, without a second process's start-up)")
+    t.add_argument("--evaluate-pending", action="store_true",
+                   help="for the workflow: evaluate in this process with the eval section in $DGMBENCH_EVAL_JSON and "
+                        "leave OUT/metrics.pending.json for the evaluate job (`dgmbench evaluate --adopt-pending`)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json",
@@ -218,6 +293,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", metavar="FILE",
                    help="grid config file whose eval: settings to use (default: the built-in evaluation defaults)")
     e.add_argument("--config-json", metavar="TEXT", help="the same as JSON text instead of a file (Snakemake jobs)")
+    e.add_argument("--adopt-pending", action="store_true",
+                   help="for the workflow: take RUN/metrics.pending.json (left by `dgmbench train --evaluate-pending`) "
+                        "as metrics.json if it was computed from this checkpoint with these settings (--config-json) "
+                        "and this dgmbench source; evaluate otherwise")
     e.set_defaults(fn=cmd_evaluate)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")

@@ -9,6 +9,9 @@ threads and load average, the process's start-up, and the machine.
 
 ``only``: recompute those sections; what they require is reused from the previous metrics.json when it is there
 and parses (else recomputed too); every other section already there is kept, never erased.
+
+**Evaluated in the training process** (``pending_key``): the workflow's train job evaluates the run it has just
+trained and leaves ``metrics.pending.json`` for its evaluate job to adopt (dgmbench/pending.py says when it may).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -23,18 +27,13 @@ from typing import Callable
 from . import checkpoint, clock, identity
 from .build import build
 from .config import ConfigError, eval_settings, run_from_dict
+from .pending import PENDING, write_json
 from .metrics import EvalContext, ResultError, TestSubset, parse_section, plan
 from .results import RunInfo
 from .runtime import seed_everything
 from .tracking import Tracker, flatten, git_commit
 
 log = logging.getLogger("dgmbench.evaluate")
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def without_timing(metrics):
@@ -75,16 +74,23 @@ def _previous(path: Path) -> dict:
 
 
 def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, pending_key: dict | None = None,
+             in_training_process: bool = False) -> dict:
     """Evaluate ``run_dir``'s checkpoint with ``eval_config`` (name → Config, from :func:`config.eval_settings`;
     the defaults when None) and return the metrics dict written to ``run_dir/metrics.json``. ``progress`` receives
-    one line per evaluator (name, result, seconds)."""
+    one line per evaluator (name, result, seconds). With ``pending_key`` (:func:`pending_key`; the training
+    process), the metrics go to ``run_dir/metrics.pending.json`` with that key instead, for :func:`adopt_pending`.
+    ``in_training_process`` (implied by ``pending_key``): the start-up recorded is the evaluation's own, from this
+    call to the first evaluator, not the process's (which trained first)."""
+    in_training_process = in_training_process or pending_key is not None
+    entered = clock.Stopwatch().start()  # in the training process, the evaluation's start-up begins here
     run_dir = Path(run_dir)
     settings = eval_config or eval_settings(None)
     run, dataset, model, device, record = load_trained(run_dir)
     subset, idx = TestSubset.choose(len(dataset.test.x), settings["test_subset"])
     path = run_dir / "metrics.json"
-    previous = _previous(path)
+    # A pending evaluation is one the evaluate job would make after Snakemake deleted metrics.json: no previous one.
+    previous = _previous(path) if pending_key is None else {}
     if only and previous.get("test_subset", subset.to_dict()) != subset.to_dict():
         raise ConfigError(f"{path} was computed on another test subset ({previous['test_subset']}) than "
                           f"eval.test_subset selects now ({subset.to_dict()}); evaluate without --only")
@@ -92,7 +98,8 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
                       subset=subset, test_x=dataset.test.x[idx])
     timing = {"train_seconds": record["train_seconds"]}
     evaluator_timing = {}  # name → clock record: wall and CPU seconds, threads, load average
-    startup = clock.startup_record()  # this process, from its start to its first evaluator
+    # This process from its start to its first evaluator; in the training process, from this call's start.
+    startup = entered.stop().record() if in_training_process else clock.startup_record()
     computed = {}
     evaluated = dict(previous.get("run", {}).get("evaluated", {})) if only else {}
     evaluators = plan(only)
@@ -131,8 +138,16 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
                **{name: res.to_dict() for name, res in computed.items()},
                "timing": merge_timing(previous.get("timing", {}) if only else {}, timing, evaluator_timing,
                                       startup, clock.machine(str(device)))}
-    write_json(metrics, path)
-    log_to_mlflow(run, run_dir, metrics, record["status"])
+    if in_training_process:
+        metrics["timing"]["in_training_process"] = True
+    if pending_key is not None:
+        write_json({"key": pending_key, "metrics": metrics}, run_dir / PENDING)
+        with tempfile.TemporaryDirectory(prefix="dgmbench-metrics-") as tmp:  # the artifact is metrics.json
+            write_json(metrics, Path(tmp) / "metrics.json")
+            log_to_mlflow(run, run_dir, metrics, record["status"], artifact=Path(tmp) / "metrics.json")
+    else:
+        write_json(metrics, path)
+        log_to_mlflow(run, run_dir, metrics, record["status"])
     return metrics
 
 
@@ -142,7 +157,7 @@ def merge_timing(previous: dict, flat: dict, evaluators: dict, startup: dict, ma
             "startup": startup, "machine": machine}
 
 
-def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str) -> None:
+def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str, artifact: Path | None = None) -> None:
     """The evaluation's headline numbers (``tracking.HEADLINE_METRICS``, read from the typed results) at step = the
     evaluation index (one value per evaluation); metrics.json itself, everything else included, as the artifact;
     the settings it used as tags (a re-evaluation overwrites them; params are immutable in MLflow and hold the
@@ -165,5 +180,5 @@ def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str) -> None:
     tracker.set_tags(run_id, {**{f"eval.{k}": v for k, v in flatten(metrics["run"]["eval_settings"]).items()},
                               "eval.test_subset_sha1": metrics["test_subset"]["indices_sha1"],
                               "evaluation_index": step, "status": status})
-    tracker.log_artifact(run_id, run_dir / "metrics.json")
+    tracker.log_artifact(run_id, artifact or run_dir / "metrics.json")
     tracker.end_run(run_id, "FINISHED" if status == "ok" else "FAILED")

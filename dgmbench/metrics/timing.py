@@ -48,6 +48,7 @@ class EvaluationTiming(Result):
     evaluators: dict[str, Timing] = field(default_factory=dict)  # evaluator → its timing, in this evaluation
     startup: Timing | None = None  # the evaluating process from its start to its first evaluator (imports, checkpoint, data)
     machine: str | None = None  # what evaluated it (clock.machine)
+    in_training_process: bool = False  # evaluated by the process that trained the run (startup: from the evaluation's start)
 
     @classmethod
     def from_section(cls, section: dict) -> "EvaluationTiming":
@@ -57,7 +58,7 @@ class EvaluationTiming(Result):
         flat = {k[: -len("_seconds")]: v for k, v in section.items()
                 if k.endswith("_seconds") and k != "train_seconds" and isinstance(v, (int, float))}
         typed = cls.from_dict({k: v for k, v in section.items() if k in ("train_seconds", "evaluators", "startup",
-                                                                           "machine")}, where="timing")
+                                                                           "machine", "in_training_process")}, where="timing")
         for name, wall in flat.items():
             typed.evaluators.setdefault(name, Timing(wall_seconds=float(wall)))
         return typed

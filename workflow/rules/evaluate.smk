@@ -1,5 +1,7 @@
 rule evaluate:
-    """Evaluate a trained run on the test split: writes metrics.json and logs it to the run's MLflow run."""
+    """Evaluate a trained run on the test split: writes metrics.json and logs it to the run's MLflow run. The train
+    job has usually evaluated it already (metrics.pending.json): that evaluation is taken if it was computed from
+    this checkpoint with these settings and this code, and made again here otherwise (a changed eval section)."""
     input:
         checkpoint=f"{RUN_DIR}/checkpoint.pt",
     output:
@@ -13,4 +15,4 @@ rule evaluate:
     conda:
         "../envs/dgmbench.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} --adopt-pending > {log:q} 2>&1"

@@ -30,6 +30,11 @@ else:
 if GRID.get("models") is None:
     raise WorkflowError("config: list the models explicitly (models: null needs the dgmbench package importable)")
 
+# The eval section, for the train job's evaluation in its own process (`dgmbench train --evaluate-pending`). Not a
+# param of the train rule, so a change to it does not retrain: the evaluate job sees the change in its own params
+# and evaluates again (the pending evaluation's key no longer matches, dgmbench/pending.py).
+os.environ["DGMBENCH_EVAL_JSON"] = json.dumps(GRID.get("eval", {}), sort_keys=True)
+
 RUNS = GRID.get("runs_dir", "results/runs")
 RESULTS = GRID.get("results_dir", "results")
 LOGS = f"{RESULTS}/logs"
@@ -44,6 +49,24 @@ wildcard_constraints:
 
 
 from dgmbench.config import run_grid  # imports no model, metric or torch: works in Snakemake's own environment
+from dgmbench.schedule import measured_costs, priority  # standard library only
+
+
+# The longest runs start first (dgmbench/schedule.py): each train job's priority is what its run cost last time,
+# from the committed cost table. Snakemake ≥ 9.x takes a function of the wildcards here; an older one gets no order.
+COSTS = measured_costs(f"{RESULTS}/tables/cost.csv")
+
+
+def train_priority(wildcards):
+    return priority(COSTS, wildcards.dataset, wildcards.model)
+
+
+try:
+    from snakemake.rules import Rule as _Rule
+
+    TRAIN_PRIORITY = train_priority if hasattr(_Rule, "expand_priority") else 0
+except ImportError:
+    TRAIN_PRIORITY = 0
 
 
 def job_grid(wildcards, evaluation=False):

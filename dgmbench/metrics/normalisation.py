@@ -33,6 +33,8 @@ class NormalisationConfig:
     spaces: list[list[int]] = field(default_factory=lambda: [[1, 2, 2, 3], [1, 4, 4, 2]])  # [C, H, W, levels], first that builds
     bound_repeats: int = 4  # stochastic bounds (ELBO, VLB) are averaged over this many draws per image
     iwae_k: int = 256  # importance samples for the IWAE-k sum (supports_iwae families)
+    # per family: diffusion's IW-VLB-k costs k·T passes per image (T = 100), so 16 trajectories (26 s → 2 s a run)
+    iwae_k_overrides: dict[str, int] = field(default_factory=lambda: {"diffusion": 16})
     toy_train_steps: int = 30  # steps of train_step on the toy space before the "trained" sum (0 = skip)
     causal_positions: int = 16  # positions perturbed in the trained checkpoint's causality check
     check_images: int = 16  # test images of the trained-checkpoint checks
@@ -42,6 +44,8 @@ class NormalisationConfig:
             raise ValueError(f"spaces must be [C, H, W, levels] with levels ≥ 2, got {self.spaces}")
         if self.bound_repeats < 1 or self.iwae_k < 1:
             raise ValueError("bound_repeats and iwae_k must be ≥ 1")
+        if any(not isinstance(k, int) or k < 1 for k in self.iwae_k_overrides.values()):
+            raise ValueError(f"iwae_k_overrides must map model names to k ≥ 1, got {self.iwae_k_overrides}")
         if min(self.toy_train_steps, self.causal_positions, self.check_images) < 0:
             raise ValueError("toy_train_steps, causal_positions and check_images must be ≥ 0")
 
@@ -53,6 +57,7 @@ class SpaceSum(Result):
     sum_p: float | None  # Σ exp(log_prob(x)) (a bound's log-value averaged over draws first)
     sum_p_iwae: float | None  # Σ exp(IWAE-k): an estimate of Σp = 1, not a bound (supports_iwae families)
     error: str | None  # why no space could be built
+    iwae_k: int | None = None  # k of that sum (None: no importance-weighted sum)
 
 
 @dataclass
@@ -126,9 +131,10 @@ def _space_model(cls, hparams, spaces, device):
 
 def _space_sum(model, space, cfg: NormalisationConfig) -> SpaceSum:
     cls = type(model)
+    k = cfg.iwae_k_overrides.get(getattr(model, "name", ""), cfg.iwae_k) if cls.supports_iwae else 0
     res = total_probability(model.eval(), bound_repeats=cfg.bound_repeats if cls.likelihood is Likelihood.BOUND else 1,
-                            iwae_k=cfg.iwae_k if cls.supports_iwae else 0)
-    return SpaceSum(space=space, error=None, **res)
+                            iwae_k=k)
+    return SpaceSum(space=space, error=None, iwae_k=k or None, **res)
 
 
 def train_on_space(model, train_cfg, steps: int, seed: int = 0) -> None:

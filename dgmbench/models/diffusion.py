@@ -241,9 +241,10 @@ class Diffusion(GenerativeModel):
 
     @property
     def chunk_images(self) -> int:
-        """Images per batch of network passes in the bounds and the sampler: at most 2048, and at most ~8M logits
+        """Images per batch of network passes in the bounds and the sampler: at most 512 (measured on digits: IW-VLB-8
+        12.7 CPU s on 256 images at 512, 15.2 s at 2048, 12.9 s at 256), and at most ~8M logits
         (32 MB a float32 tensor; 40 images at 28×28 with 256 levels)."""
-        return max(1, min(2048, 2**23 // (self.info.num_dims * self.info.num_levels)))
+        return max(1, min(512, 2**23 // (self.info.num_dims * self.info.num_levels)))
 
     # --- the pieces of the model -------------------------------------------------------------------------
     def _gather(self, name: str, t: torch.Tensor) -> torch.Tensor:

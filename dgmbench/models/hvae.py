@@ -192,8 +192,10 @@ class HVAE(GenerativeModel):
                  + self.decoder_log_prob(s["z1"], x))  # (n, B)
         return log_p - log_q
 
-    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
-        """(B,) IWAE-k lower bound on log p(x) in nats; k joint samples per image, drawn in chunks."""
+    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
+        """(B,) IWAE-k lower bound on log p(x) in nats; k joint samples per image, drawn in chunks.
+        ``chunk`` samples per image at a time: 16 (× 256 images) keeps the decoder's batch in cache; IWAE-1000 on 256
+        digits took 2.5 CPU s at 16 against 3.8 s at 256 (one thread)."""
         x = self.check_input(x)
         log_w = [self.log_importance_weights(x, min(chunk, k - start)) for start in range(0, k, chunk)]
         return log_mean_exp(torch.cat(log_w, 0), dim=0)

@@ -147,8 +147,10 @@ class VAE(GenerativeModel):
         rec, kl = self.elbo_terms(x)
         return rec - kl  # the ELBO (β = 1), a lower bound on log p(x)
 
-    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
-        """(B,) IWAE-k lower bound on log p(x) in nats; k samples per image, drawn in chunks to bound memory."""
+    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
+        """(B,) IWAE-k lower bound on log p(x) in nats; k samples per image, drawn in chunks to bound memory.
+        ``chunk`` samples per image at a time: 16 (× 256 images) keeps the decoder's batch in cache; IWAE-1000 on 256
+        digits took 2.5 CPU s at 16 against 3.8 s at 256 (one thread)."""
         x = self.check_input(x)
         mu, log_var = self.encode(x)  # (B, M)
         log_w = []

@@ -62,7 +62,7 @@ def adopt_pending(run_dir: Path, eval_grid: dict) -> str | None:
     run_dir = Path(run_dir)
     pending = run_dir / PENDING
     if not pending.exists():
-        return f"no {PENDING} (the training process did not evaluate)"
+        return f"no {PENDING} to adopt (none left by a training process)"
     try:
         data = json.loads(pending.read_text())
         key, metrics = data["key"], data["metrics"]

@@ -139,6 +139,10 @@ def _machine_notes(runs) -> list[str]:
         f"timed stretch: {f'{min(loads):.2f}–{max(loads):.2f}' if loads else NOT_MEASURED} "
         "(wall seconds move with the load; CPU seconds far less: compare those across runs).",
     ]
+    in_process = sum(1 for r in runs if _eval_timing(r).in_training_process)
+    notes.append(f"{in_process} of {len(runs)} run(s) were evaluated by the process that trained them (the workflow's "
+                 "train job; dgmbench/pending.py): their eval start-up is the evaluation's own (checkpoint and data), "
+                 "with no process start of its own; the others were evaluated by a `dgmbench evaluate` process.")
     if unmeasured:
         notes.append(f"{unmeasured} run(s) were trained before CPU seconds and start-up were recorded: "
                      f"'{NOT_MEASURED}' in those columns (retrain to measure them).")
@@ -156,8 +160,9 @@ NOTES = [
     "seconds are the process's, all threads (time.process_time). train GFLOP/s: counted FLOPs × steps / train "
     "wall s (validation time included, so a lower bound on the steps' rate).",
     "start-up s, train job: from the process's start (/proc) to its first training batch — interpreter, imports, "
-    "data, model, MLflow; eval job: to its first evaluator (imports, checkpoint, data). A process started by a "
-    "test or a notebook counts everything it did before.",
+    "data, model, MLflow; eval job: to its first evaluator (imports, checkpoint, data), or, evaluated in the "
+    "training process, from the evaluation's start. A process started by a test or a notebook counts everything it "
+    "did before.",
     "eval s: each evaluator's wall seconds in the last evaluation that ran it (`dgmbench evaluate --only` "
     "re-times only what it recomputes); '—': it does not apply to the family. eval wall / CPU s (all): every "
     "evaluator together.",

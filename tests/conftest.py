@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +116,25 @@ def tiny_runs(tmp_path_factory):
     finally:
         os.chdir(cwd)
     return runs
+
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "config" / "smoke.yaml"
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``snakemake ARGS`` on the repository's Snakefile in ``workdir`` (its own MLflow store, results and runs)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The smoke grid (config/smoke.yaml: every family, one seed) through Snakemake in a directory of its own, once
+    per session: the pipeline tests and the report tests read the same run."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    proc = snakemake(workdir, "--cores", "2", "--configfile", str(SMOKE))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir

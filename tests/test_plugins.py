@@ -126,7 +126,7 @@ def test_tiny_grid_puts_the_plugin_in_every_table_its_declarations_apply_to(made
     import yaml
 
     from conftest import TINY_EVAL, TINY_TRAIN
-    from test_pipeline import snakemake
+    from conftest import snakemake
 
     grid = {"datasets": ["digits"], "models": ["arm", "vae", "made"], "seeds": [0], "device": "cpu", "threads": 1,
             "tracking_uri": None, "experiment": "plugins", "train": {"all": TINY_TRAIN},

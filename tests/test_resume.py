@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_EVAL
+
 from dgmbench.config import eval_settings
 from dgmbench.evaluate import without_timing
 
@@ -146,6 +148,7 @@ def test_snakemake_rerun_resumes_a_killed_job(tmp_path):
     cfg.write_text(
         "datasets: [digits]\nmodels: [vae]\nseeds: [0]\ndevice: cpu\nexperiment: resume\n"
         f"train:\n  all: {{max_epochs: {MAX_EPOCHS}, checkpoint_every: 1, patience: 0, batch_size: 32, num_val: 128}}\n"
+        f"eval: {json.dumps(TINY_EVAL)}\n"  # the train job also evaluates its run (metrics.pending.json): cheaply
     )
     target = "results/runs/digits/vae/seed0/checkpoint.pt"
     base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),

@@ -16,6 +16,8 @@ Rows:
   train job, fixed         a 1-epoch ``dgmbench train`` of the VAE on 64 digits, minus its training loop's seconds
                            (``train_seconds``, the loop's wall time; one thread, so ≈ its CPU time on a quiet machine)
   evaluate job, fixed      ``dgmbench evaluate --only likelihood`` of that run, minus the evaluators' seconds
+  train+evaluate, fixed    ``dgmbench train --evaluate``: both in one process (what the workflow's train job does,
+                           dgmbench/pending.py), minus the loop's and every evaluator's seconds
 The "beyond torch" column is a row's figure minus ``import torch``'s (the issue's target: ≤ 1.5 s per job).
 
     nice -n 10 .venv/bin/python benchmarks/startup.py                 # 5 repeats
@@ -106,10 +108,19 @@ def main() -> int:
             eval_fixed.append((ewall - evaluators, ecpu - evaluators))
         rows["train job, fixed"] = median_pair(train_fixed)
         rows["evaluate job, fixed"] = median_pair(eval_fixed)
+        both_fixed = []
+        for i in range(args.repeats):
+            run = work / "runs" / f"both{i}"
+            wall, cpu = timed([py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config",
+                               "grid.json", "--out", str(run), "--evaluate"], work, env)
+            timing = json.loads((run / "metrics.json").read_text())["timing"]
+            work_s = sum(v for k, v in timing.items() if k.endswith("_seconds"))  # the loop and every evaluator
+            both_fixed.append((wall - work_s, cpu - work_s))
+        rows["train+evaluate, fixed"] = median_pair(both_fixed)
     load_after = os.getloadavg()
 
     order = ["python", "import torch", "dgmbench --help", "dgmbench list", "train imports", "evaluate imports",
-             "train job, fixed", "evaluate job, fixed"]
+             "train job, fixed", "evaluate job, fixed", "train+evaluate, fixed"]
     torch_wall, torch_cpu = rows["import torch"]
     print(f"median of {args.repeats} processes; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1-min)")

@@ -30,7 +30,7 @@ from .evaluate import load_trained
 from .metrics import Result, TestSubset, TestSubsetConfig, batched
 from .metrics.compression import code_autoregressive, code_discrete_latent, no_coder_reason
 from .metrics.fidelity import SampleQualityConfig, SampleQualityResult, score_samples
-from .metrics.likelihood import nll_summary
+from .metrics.likelihood import importance_weighted, nll_summary
 from .models.base import GenerativeModel, Likelihood
 
 __all__ = ["LoadedRun", "load_run", "test_images", "nll", "iwae", "NLLEstimate", "sample_quality",
@@ -121,6 +121,7 @@ class NLLEstimate(Result):
     sem_images_nats: float  # standard error of the mean over the images
     num_images: int  # N
     num_dims: int  # D
+    stderr_method: str | None = None  # deterministic, R repeats, or the jackknife over one draw's k samples
 
 
 @contextlib.contextmanager
@@ -145,7 +146,9 @@ def _estimate(per_image: torch.Tensor, stochastic: bool, estimator: str, num_dim
     mean, stderr, sem = nll_summary(per_image, stochastic)  # the likelihood evaluator's statistics
     return NLLEstimate(estimator=estimator, nll_nats=mean, nll_bpd=float(nats_to_bits_per_dim(mean, num_dims)),
                        stderr_nats=stderr, repeats=per_image.shape[0], sem_images_nats=sem,
-                       num_images=per_image.shape[1], num_dims=num_dims)
+                       num_images=per_image.shape[1], num_dims=num_dims,
+                       stderr_method=(f"{per_image.shape[0]} repeats" if stderr is not None else None) if stochastic
+                       else "deterministic")
 
 
 def nll(model: GenerativeModel, x: torch.Tensor, *, repeats: int = 2, batch_size: int = 256) -> NLLEstimate:
@@ -171,9 +174,11 @@ def nll(model: GenerativeModel, x: torch.Tensor, *, repeats: int = 2, batch_size
     return _estimate(per_image, stochastic, model.estimator, model.info.num_dims)
 
 
-def iwae(model: GenerativeModel, x: torch.Tensor, k: int, *, repeats: int = 2, batch_size: int = 256) -> NLLEstimate:
+def iwae(model: GenerativeModel, x: torch.Tensor, k: int, *, repeats: int = 1, batch_size: int = 256) -> NLLEstimate:
     """The importance-weighted bound with ``k`` samples (IWAE-k of a VAE, Burda et al. 2016; the IW-VLB of
-    diffusion) of a ``supports_iwae`` model, averaged over ``x``, with the standard error over ``repeats``.
+    diffusion) of a ``supports_iwae`` model, averaged over ``x``, computed as the ``likelihood`` evaluator computes
+    it: one draw with its standard error by the jackknife over the k samples (``repeats`` = 1, for families that
+    give their weights), or ``repeats`` independent draws and the s.e. from their spread.
 
     log p(x) ≥ IWAE-k ≥ IWAE-1 = ELBO in expectation, and IWAE-k does not decrease with k: ``nll_nats`` here is at
     most ``nll(model, x).nll_nats`` up to the standard errors, and falls towards −log p(x) as k grows.
@@ -185,9 +190,11 @@ def iwae(model: GenerativeModel, x: torch.Tensor, k: int, *, repeats: int = 2, b
     if k < 1 or repeats < 1:
         raise ValueError(f"k and repeats must be ≥ 1, got k={k}, repeats={repeats}")
     with _evaluating(model):
-        per_image = torch.stack([batched(lambda xb: model.log_prob_iwae(xb, k), x, batch_size, model.device)
-                                 for _ in range(repeats)])  # (R, N)
-    return _estimate(per_image, True, f"{getattr(model, 'iwae_estimator', 'IWAE')}-{k}", model.info.num_dims)
+        mean, stderr, sem, draws, method = importance_weighted(model, x, k, repeats, batch_size, model.device)
+    return NLLEstimate(estimator=f"{getattr(model, 'iwae_estimator', 'IWAE')}-{k}", nll_nats=mean,
+                       nll_bpd=float(nats_to_bits_per_dim(mean, model.info.num_dims)), stderr_nats=stderr,
+                       repeats=draws, sem_images_nats=sem, num_images=len(x), num_dims=model.info.num_dims,
+                       stderr_method=method)
 
 
 # ------------------------------------------------------------------------------------- lossless coding

@@ -59,8 +59,10 @@ def test_every_evaluator_runs_on_every_model_and_round_trips(name, digits, setti
         assert math.isfinite(lik.nll_nats) and lik.num_images == ctx.subset.num_images
         if lik.type == "exact":
             assert lik.stderr_nats == 0.0 and lik.repeats == 1
-        else:  # stochastic: a positive s.e. from ≥ 2 repeats, or None (never 0) from one
-            assert (lik.stderr_nats is None) == (lik.repeats < 2) and (lik.stderr_nats is None or lik.stderr_nats > 0)
+        else:  # stochastic: a positive s.e. (from ≥ 2 repeats, or one draw's jackknife), or None (never 0) without
+            assert (lik.stderr_nats is None) == (lik.stderr_method is None)
+            assert lik.stderr_nats is None or lik.stderr_nats > 0
+            assert lik.stderr_method is None or lik.repeats >= 2 or lik.stderr_method.startswith("jackknife")
     comp = ctx.results["compression"]
     assert comp.images_sha1 == lik.images_sha1 and comp.model_nll_bpd == lik.nll_bpd  # same images, same number
 

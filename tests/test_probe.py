@@ -85,6 +85,29 @@ def test_evaluator_baselines(digits):
     assert out.raw_pixels.linear_test_acc > 0.85
 
 
+def test_raw_pixel_baseline_is_computed_once_per_data_and_protocol(digits, tmp_path):
+    """The raw-pixel probe depends on the data and the protocol only: the second run of a dataset reads it from the
+    cache (a planted value comes back), another protocol or other images miss it and compute their own."""
+    import json
+
+    from dgmbench.models import get_model
+
+    pca = get_model("pca", digits.info, num_components=8)
+    pca.train_step(digits.train.x, [], None)
+    cfg = ProbeConfig(c_grid=[1.0], num_train=300, cache_dir=str(tmp_path))
+    first = evaluate_probe(_ctx(pca, digits), cfg).raw_pixels
+    (entry,) = (tmp_path / "probe").glob("*.json")
+    assert json.loads(entry.read_text()) == first.to_dict()
+    entry.write_text(json.dumps({**first.to_dict(), "linear_test_acc": 0.123}))  # planted
+    assert evaluate_probe(_ctx(pca, digits), cfg).raw_pixels.linear_test_acc == 0.123  # read, not recomputed
+    other = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[0.1], num_train=300, cache_dir=str(tmp_path)))
+    fewer = evaluate_probe(_ctx(pca, digits), ProbeConfig(c_grid=[1.0], num_train=200, cache_dir=str(tmp_path)))
+    assert other.raw_pixels.linear_test_acc != 0.123 and fewer.raw_pixels.linear_test_acc != 0.123
+    assert len(list((tmp_path / "probe").glob("*.json"))) == 3
+    entry.write_text("{damaged")
+    assert evaluate_probe(_ctx(pca, digits), cfg).raw_pixels == first  # a damaged entry is recomputed
+
+
 def test_evaluator_skips_models_without_representation_and_random_init_of_closed_form(digits):
     from dgmbench.models import MODELS, get_model
 

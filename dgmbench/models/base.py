@@ -46,6 +46,7 @@ class GenerativeModel(nn.Module):
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     estimator: ClassVar[str] = "none"  # how log_prob is obtained: "exact", "ELBO", "dequantised bound", ...
     supports_iwae: ClassVar[bool] = False  # latent-variable families: log_prob_iwae(x, k) is defined
+    iwae_weights: ClassVar[bool] = False  # iwae_log_weights(x, k) gives the k terms of log_prob_iwae (one draw's s.e.)
     autoregressive: ClassVar[bool] = False  # conditional_logits(x) gives every p(x_d | x_<d) (lossless coding)
     lossy: ClassVar[bool] = False  # reconstruct(x) and latent_rate_nats(x) are defined (lossy compression)
     discrete_latent: ClassVar[bool] = False  # to_latent/from_latent: a bijection of the integer images, with
@@ -112,6 +113,12 @@ class GenerativeModel(nn.Module):
     def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """(B,) importance-weighted bound with k samples (``supports_iwae`` families)."""
         raise TypeError(f"model {self.name!r} has no importance-weighted bound (supports_iwae = False)")
+
+    def iwae_log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(k, B) log importance weights log w_j = log p(x, z_j) − log q(z_j | x), z_j ~ q(· | x), whose
+        log-mean-exp over j is ``log_prob_iwae`` (``iwae_weights`` families): the evaluator's jackknife s.e. needs
+        the terms, not only their log-mean-exp."""
+        raise TypeError(f"model {self.name!r} gives no importance weights (iwae_weights = False)")
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, C, H, W) logits of p(x_d | x_<d) for every position d (``autoregressive`` families).

@@ -204,6 +204,7 @@ class Diffusion(GenerativeModel):
     likelihood = Likelihood.BOUND
     estimator = "VLB"
     supports_iwae = True  # log_prob_iwae: importance weighting over K forward trajectories
+    iwae_weights = True
     iwae_estimator = "IW-VLB"  # how the evaluator names that bound (it is not a VAE's IWAE)
     loss_name = "cross-entropy of the x₀ posterior at t ~ U{1..T} (nats/image)"
     can_sample = True
@@ -384,8 +385,14 @@ class Diffusion(GenerativeModel):
         """(B,) IW-VLB-k: log (1/K) Σ_k p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x), y^k from the forward process.
 
         A lower bound on log p(x) for every K (Burda et al. 2016), equal to the VLB in expectation at K = 1 and
-        non-decreasing in K in expectation. Trajectories are drawn in groups of ⌊chunk_images / B⌋.
+        non-decreasing in K in expectation: the log-mean-exp of ``iwae_log_weights``.
         """
+        return torch.logsumexp(self.iwae_log_weights(x, k), 0) - math.log(k)
+
+    @torch.no_grad()
+    def iwae_log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(k, B) log p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x) for k forward trajectories per image, drawn in groups of
+        ⌊chunk_images / B⌋."""
         x = self.check_input(x)
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
@@ -395,7 +402,7 @@ class Diffusion(GenerativeModel):
         for start in range(0, k, group):
             n = min(group, k - start)
             log_w.append(self.trajectory_log_weights(x.repeat(n, 1, 1, 1)).view(n, B))
-        return torch.logsumexp(torch.cat(log_w), 0) - math.log(k)
+        return torch.cat(log_w)
 
     @torch.no_grad()
     def validation_score(self, x):

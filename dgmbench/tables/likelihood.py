@@ -70,6 +70,7 @@ def likelihood_table(runs: list, out_dir: Path) -> list[Path]:
             "NLL (bits/dim)": fmt_mean_sd([x.nll_bpd for x in okl], 3),
             "estimator s.e. (nats)": fmt_stderr([x.stderr_nats for x in okl]),
             "repeats": first.repeats,
+            "s.e. from": first.stderr_method or "—",
             "s.e. over images (nats)": fmt_stderr([x.sem_images_nats for x in okl], 2),
             "family's own bound (nats/image)": (f"{fmt_mean_sd([x.bound_nats for x in okl])} ({first.bound_estimator}, "
                                                 f"s.e. {fmt_stderr([x.bound_stderr_nats for x in okl])})"
@@ -89,7 +90,7 @@ def likelihood_table(runs: list, out_dir: Path) -> list[Path]:
             rows.append({"dataset": dataset, "model": name, "family": "baseline (no model)", "likelihood": "exact",
                          "estimator": what, "levels": lik.num_levels, "NLL (nats/image)": f"{value:.2f}",
                          "NLL (bits/dim)": f"{nats_to_bits_per_dim(value, D):.3f}",
-                         "estimator s.e. (nats)": "0 (deterministic)", "repeats": 1,
+                         "estimator s.e. (nats)": "0 (deterministic)", "repeats": 1, "s.e. from": "deterministic",
                          "s.e. over images (nats)": "—", "family's own bound (nats/image)": "—", "vs histogram": "—",
                          "seeds ok": "—", "test images": subset.label, "reference (nats/image)": "—"})
     notes = [
@@ -99,8 +100,10 @@ def likelihood_table(runs: list, out_dir: Path) -> list[Path]:
         "mean ± sd over seeds (sample sd); a seed that diverged or whose NLL is not finite counts as failed in "
         "'seeds ok' and is left out of the mean.",
         "estimator s.e.: the standard error of the mean NLL from the estimator's own randomness, "
-        "√(mean_i s_i² / (N R)) over R independent repeats (s_i² the per-image variance across repeats); exact "
-        "likelihoods are deterministic. s.e. over images: the standard error of the mean over the N test images.",
+        "√(mean_i s_i² / (N R)) over R independent repeats (s_i² the per-image variance across repeats), or, for one "
+        "draw of an importance-weighted estimate, √(Σ_i var_i) / N with var_i the delete-one jackknife variance over "
+        "its k samples ('s.e. from'); exact likelihoods are deterministic. s.e. over images: the standard error of "
+        "the mean over the N test images.",
         "family's own bound: the single-sample bound (e.g. −ELBO) beside a tighter importance-weighted estimate.",
         "Baselines without a model, on the same test images: uniform = D ln L; per-pixel histogram = independent "
         "categoricals counted on the whole training split (add-one smoothing), which can be more images than a grid's "

@@ -131,10 +131,26 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
+def smoke_run(request, tmp_path_factory) -> Path:
     """The smoke grid (config/smoke.yaml: every family, one seed) through Snakemake in a directory of its own, once
-    per session: the pipeline tests and the report tests read the same run."""
-    workdir = tmp_path_factory.mktemp("smoke")
+    per session: the pipeline tests and the report tests read the same run. Under pytest-xdist (`make test` runs
+    two workers) the first worker to ask builds it in the session's shared temporary directory, under a file lock,
+    and the other waits for it and reads the same run."""
+    if not hasattr(request.config, "workerinput"):  # one process: no other worker to share with
+        return _smoke(tmp_path_factory.mktemp("smoke"))
+    from filelock import FileLock  # a dependency of torch
+
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' common parent
+    workdir = shared / "smoke"
+    with FileLock(str(shared / "smoke.lock")):
+        if not (workdir / ".built").exists():
+            workdir.mkdir(exist_ok=True)
+            _smoke(workdir)
+            (workdir / ".built").write_text("")
+    return workdir
+
+
+def _smoke(workdir: Path) -> Path:
     proc = snakemake(workdir, "--cores", "2", "--configfile", str(SMOKE))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return workdir

@@ -23,8 +23,16 @@ The "beyond torch" column is a row's figure minus ``import torch``'s (the issue'
     nice -n 10 .venv/bin/python benchmarks/startup.py                 # 5 repeats
     nice -n 10 .venv/bin/python benchmarks/startup.py --repeats 3
 
-No figures are recorded here yet: the before/after runs of issue #19 were made on a machine loaded 4-17 (other
-jobs on its 2 cores), where even `import torch` took 4-119 s of wall time; rerun on a quiet machine and record them.
+Measured 2026-12-06 on a quiet 2-core Intel Xeon (load 0.7-0.9), torch 2.14.1, median of 3 (wall / CPU s):
+
+    python 0.02 / 0.02; import torch 1.67 / 1.67; dgmbench --help 0.04 / 0.04; dgmbench list 0.14 / 0.14;
+    train imports 3.22 / 3.22 (1.55 CPU s beyond torch: torch._dynamo, which the optimizer's methods import, and
+    the grid check); evaluate imports 1.84 / 1.84 (0.18 beyond torch);
+    train job, fixed 6.42 / 6.41; evaluate job, fixed 4.28 / 4.28; train+evaluate in one process, fixed 6.38 / 6.37.
+
+So a run trained and evaluated in one process (the workflow's train job, dgmbench/pending.py) costs 4.3 s less
+than in two; beyond torch, a train job's fixed cost is 4.7 s (MLflow's client and store, torch._dynamo, the FLOP
+count and the sample grid), over the issue's 1.5 s target.
 """
 
 from __future__ import annotations

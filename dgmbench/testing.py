@@ -137,6 +137,9 @@ def check_declarations(s: _Subject):
             s.fail("declarations", f"{flag} = True gives exact per-dimension probabilities: likelihood must be exact")
     if cls.supports_iwae and cls.likelihood is not Likelihood.BOUND:
         s.fail("declarations", "supports_iwae = True is for latent-variable bounds: likelihood must be bound")
+    if cls.iwae_weights and not cls.supports_iwae:
+        s.fail("declarations", "iwae_weights = True gives the terms of an importance-weighted bound: supports_iwae "
+               "must be True")
 
 
 # capability → the methods it promises (each must be the family's own, not GenerativeModel's stub)
@@ -145,7 +148,8 @@ CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
     "can_sample": ("_sample",),
     "can_embed": ("_embed",),
     "autoregressive": ("conditional_logits", "sample_naive"),
-    "supports_iwae": ("log_prob_iwae",),
+    "supports_iwae": ("log_prob_iwae",),  # or, with iwae_weights, GenerativeModel's: the log-mean-exp of the weights
+    "iwae_weights": ("iwae_log_weights",),
     "lossy": ("reconstruct", "latent_rate_nats"),
     "discrete_latent": ("to_latent", "from_latent", "latent_groups", "latent_log_pmf"),
 }
@@ -157,6 +161,8 @@ def check_capabilities_have_methods(s: _Subject):
         if flag == "likelihood":
             declared = declared is not Likelihood.NONE
         for m in methods if declared else ():
+            if m == "log_prob_iwae" and s.cls.iwae_weights:
+                continue  # derived from iwae_log_weights, which the iwae_weights entry requires
             if getattr(s.cls, m) is getattr(GenerativeModel, m):
                 value = s.cls.likelihood.value if flag == "likelihood" else "True"
                 s.fail("capabilities_have_methods", f"declares {flag} = {value} but does not implement {m}")

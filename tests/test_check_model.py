@@ -121,6 +121,21 @@ def test_a_broken_model_fails_naming_the_broken_property(model, prop):
         assert "can_sample = True but does not implement _sample" in str(err.value)
 
 
+def test_an_importance_weighted_bound_needs_its_method_or_its_weights():
+    """supports_iwae needs log_prob_iwae, or iwae_weights and iwae_log_weights (GenerativeModel derives the bound
+    from the weights); a declaration with neither is named."""
+    from dgmbench.models import MODELS
+
+    vae = MODELS.get("vae")
+    no_weights = type("VAEWithoutWeights", (vae,), {"iwae_weights": False})  # so no bound either
+    stub_weights = type("VAEWithStubWeights", (vae,), {"iwae_log_weights": GenerativeModel.iwae_log_weights})
+    with pytest.raises(ContractError, match="supports_iwae = True but does not implement log_prob_iwae"):
+        check_model(no_weights, INFO, checks=["capabilities_have_methods"])
+    with pytest.raises(ContractError, match="iwae_weights = True but does not implement iwae_log_weights"):
+        check_model(stub_weights, INFO, checks=["capabilities_have_methods"])
+    check_model(vae, INFO, checks=["capabilities_have_methods"])  # the bound derived from its own weights
+
+
 def test_a_leaky_mask_is_named_with_its_position():
     with pytest.raises(ContractError, match=r"position 0 \(c=0, h=0, w=0\) change"):
         check_model(LeakyMask, INFO, checks=["autoregressive_is_causal"])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetInfo
+from ..distributions import log_mean_exp
 from . import MODELS  # the registry lives in the package's __init__, which imports no torch
 
 
@@ -110,9 +111,13 @@ class GenerativeModel(nn.Module):
             raise TypeError(f"model {self.name!r} has no likelihood (likelihood = none)")
         return self._log_prob(self.check_input(x))
 
-    def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """(B,) importance-weighted bound with k samples (``supports_iwae`` families)."""
-        raise TypeError(f"model {self.name!r} has no importance-weighted bound (supports_iwae = False)")
+    def log_prob_iwae(self, x: torch.Tensor, k: int, **kwargs) -> torch.Tensor:
+        """(B,) importance-weighted bound with k samples (``supports_iwae`` families): the log-mean-exp over j of
+        ``iwae_log_weights`` (``kwargs`` go to it, e.g. a chunk size), so the bound and the weights its standard
+        error is taken from are one computation. A family that gives no weights overrides this instead."""
+        if not self.supports_iwae:
+            raise TypeError(f"model {self.name!r} has no importance-weighted bound (supports_iwae = False)")
+        return log_mean_exp(self.iwae_log_weights(x, k, **kwargs), dim=0)
 
     def iwae_log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """(k, B) log importance weights log w_j = log p(x, z_j) − log q(z_j | x), z_j ~ q(· | x), whose

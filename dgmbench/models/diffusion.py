@@ -381,18 +381,10 @@ class Diffusion(GenerativeModel):
         return log_w + terms.view(T, B).sum(0)
 
     @torch.no_grad()
-    def log_prob_iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """(B,) IW-VLB-k: log (1/K) Σ_k p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x), y^k from the forward process.
-
-        A lower bound on log p(x) for every K (Burda et al. 2016), equal to the VLB in expectation at K = 1 and
-        non-decreasing in K in expectation: the log-mean-exp of ``iwae_log_weights``.
-        """
-        return torch.logsumexp(self.iwae_log_weights(x, k), 0) - math.log(k)
-
-    @torch.no_grad()
     def iwae_log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """(k, B) log p_θ(x, y^k_{1:T}) / q(y^k_{1:T} | x) for k forward trajectories per image, drawn in groups of
-        ⌊chunk_images / B⌋."""
+        ⌊chunk_images / B⌋. Their log-mean-exp (``log_prob_iwae``) is IW-VLB-k, a lower bound on log p(x) for every
+        K (Burda et al. 2016), equal to the VLB in expectation at K = 1 and non-decreasing in K in expectation."""
         x = self.check_input(x)
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")

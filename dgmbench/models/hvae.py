@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..distributions import log_mean_exp, log_normal_diag, log_standard_normal, to_symmetric
+from ..distributions import log_normal_diag, log_standard_normal, to_symmetric
 from .base import GenerativeModel, Likelihood, register_model
 from .vae import DiscreteDecoder, mlp
 
@@ -192,10 +192,6 @@ class HVAE(GenerativeModel):
                  + log_normal_diag(s["z1"], s["mu_p1"], s["log_var_p1"]).sum(-1)
                  + self.decoder_log_prob(s["z1"], x))  # (n, B)
         return log_p - log_q
-
-    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
-        """(B,) IWAE-k lower bound on log p(x) in nats: the log-mean-exp of ``iwae_log_weights``."""
-        return log_mean_exp(self.iwae_log_weights(x, k, chunk), dim=0)
 
     def iwae_log_weights(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
         """(k, B) log importance weights of k joint samples per image, drawn ``chunk`` at a time: 16 (× 256 images)

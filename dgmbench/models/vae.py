@@ -27,7 +27,6 @@ from ..distributions import (
     categorical_log_prob,
     discretized_logistic_log_prob,
     from_symmetric,
-    log_mean_exp,
     log_normal_diag,
     log_standard_normal,
     to_symmetric,
@@ -147,10 +146,6 @@ class VAE(GenerativeModel):
     def _log_prob(self, x):
         rec, kl = self.elbo_terms(x)
         return rec - kl  # the ELBO (β = 1), a lower bound on log p(x)
-
-    def log_prob_iwae(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
-        """(B,) IWAE-k lower bound on log p(x) in nats: the log-mean-exp of ``iwae_log_weights``."""
-        return log_mean_exp(self.iwae_log_weights(x, k, chunk), dim=0)
 
     def iwae_log_weights(self, x: torch.Tensor, k: int, chunk: int = 16) -> torch.Tensor:
         """(k, B) log w = log p(x|z) + log p(z) − log q(z|x) for k samples z ~ q(z|x) per image, drawn ``chunk`` at a

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import types
 import typing
 import zlib
@@ -140,6 +142,28 @@ def subsample(x: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor
     if len(x) <= n:
         return x
     return x[torch.from_numpy(np.sort(rng.choice(len(x), size=n, replace=False)))]
+
+
+def cached_json(cache_dir: str, kind: str, key: str, compute: Callable[[], Any], *,
+                to_json: Callable[[Any], Any] = lambda v: v, from_json: Callable[[Any], Any] = lambda d: d) -> Any:
+    """``compute()``, kept as JSON in ``<cache_dir>/<kind>/<key>.json`` (``cache_dir`` "" = no cache), for work that
+    depends on the data and settings only, not on the model (the caller's ``key`` hashes exactly those). An entry
+    that does not read back through ``from_json`` (damaged, or written by another version) is recomputed and
+    replaced; the file is written atomically, so parallel jobs at worst compute it twice."""
+    if not cache_dir:
+        return compute()
+    path = Path(cache_dir) / kind / f"{key}.json"
+    if path.exists():
+        try:
+            return from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError and ResultError are ValueErrors
+            pass
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(to_json(value)))
+    os.replace(tmp, path)
+    return value
 
 
 def indices_hash(indices: np.ndarray) -> str:

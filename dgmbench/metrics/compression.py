@@ -37,19 +37,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import lzma
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..distributions import LOG2
 from ..models.base import Likelihood
-from . import Result, register_evaluator
+from . import Result, cached_json, register_evaluator
 
 
 # ------------------------------------------------------------------------------------------ ANS coding
@@ -253,23 +250,11 @@ def cached_baseline_sizes(x: torch.Tensor, cache_dir: str) -> tuple[dict, bool]:
     takes ~10 s for 200 28×28 images). The key is a hash of the exact bytes and shape, so other images never
     read a stale entry; the file is written atomically, so parallel jobs at worst compute it twice.
     """
-    if not cache_dir:
-        return baseline_sizes(x)
     arr = np.ascontiguousarray(x.to(torch.uint8).numpy())
     key = hashlib.sha1(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
-    path = Path(cache_dir) / "compression" / f"{key}.json"
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            return cached["sizes"], cached["round_trip"]
-        except (json.JSONDecodeError, KeyError):
-            pass  # a damaged entry is recomputed and replaced
-    sizes, ok = baseline_sizes(x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"sizes": sizes, "round_trip": ok}))
-    os.replace(tmp, path)
-    return sizes, ok
+    return cached_json(cache_dir, "compression", key, lambda: baseline_sizes(x),
+                       to_json=lambda v: {"sizes": v[0], "round_trip": v[1]},
+                       from_json=lambda d: (d["sizes"], d["round_trip"]))
 
 
 # ----------------------------------------------------------------------------------------- evaluator

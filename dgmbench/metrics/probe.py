@@ -27,15 +27,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import Result, ResultError, register_evaluator
+from . import Result, cached_json, register_evaluator
 from . import batched
 
 
@@ -212,8 +210,6 @@ def cached_raw_pixels(run_probe, xs: dict, labels: dict, cfg: ProbeConfig) -> "P
     the protocol only, yet every run of a dataset asked for it (~0.6 s each on digits, ~33 times a grid). The key
     hashes the exact image and label bytes of every split and the protocol's settings, so nothing else reads a
     stale entry; the file is written atomically, so parallel jobs at worst compute it twice."""
-    if not cfg.cache_dir:
-        return run_probe(_pixels)
     h = hashlib.sha1()
     for split in sorted(xs):
         arr = np.ascontiguousarray(xs[split].numpy())
@@ -221,18 +217,9 @@ def cached_raw_pixels(run_probe, xs: dict, labels: dict, cfg: ProbeConfig) -> "P
     protocol = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("cache_dir", "batch_size", "num_train",
                                                                           "num_eval", "random_init_seed")}
     h.update(json.dumps(protocol, sort_keys=True).encode())
-    path = Path(cfg.cache_dir) / "probe" / f"{h.hexdigest()}.json"
-    if path.exists():
-        try:
-            return ProbeScores.from_dict(json.loads(path.read_text()), where=str(path))
-        except (json.JSONDecodeError, ResultError):
-            pass  # a damaged or older entry is recomputed and replaced
-    scores = run_probe(_pixels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(scores.to_dict()))
-    os.replace(tmp, path)
-    return scores
+    return cached_json(cfg.cache_dir, "probe", h.hexdigest(), lambda: run_probe(_pixels),
+                       to_json=lambda scores: scores.to_dict(),
+                       from_json=lambda d: ProbeScores.from_dict(d, where="the cached raw-pixel probe"))
 
 
 # ------------------------------------------------------------------------------------------ evaluator

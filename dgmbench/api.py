@@ -30,7 +30,7 @@ from .evaluate import load_trained
 from .metrics import Result, TestSubset, TestSubsetConfig, batched
 from .metrics.compression import code_autoregressive, code_discrete_latent, no_coder_reason
 from .metrics.fidelity import SampleQualityConfig, SampleQualityResult, score_samples
-from .metrics.likelihood import importance_weighted, nll_summary
+from .metrics.likelihood import importance_weighted, nll_summary, repeats_method
 from .models.base import GenerativeModel, Likelihood
 
 __all__ = ["LoadedRun", "load_run", "test_images", "nll", "iwae", "NLLEstimate", "sample_quality",
@@ -147,8 +147,7 @@ def _estimate(per_image: torch.Tensor, stochastic: bool, estimator: str, num_dim
     return NLLEstimate(estimator=estimator, nll_nats=mean, nll_bpd=float(nats_to_bits_per_dim(mean, num_dims)),
                        stderr_nats=stderr, repeats=per_image.shape[0], sem_images_nats=sem,
                        num_images=per_image.shape[1], num_dims=num_dims,
-                       stderr_method=(f"{per_image.shape[0]} repeats" if stderr is not None else None) if stochastic
-                       else "deterministic")
+                       stderr_method=repeats_method(per_image.shape[0], stderr, stochastic))
 
 
 def nll(model: GenerativeModel, x: torch.Tensor, *, repeats: int = 2, batch_size: int = 256) -> NLLEstimate:

@@ -96,6 +96,14 @@ def nll_summary(per_image: torch.Tensor, stochastic: bool = True) -> tuple[float
     return mean, stderr, sem
 
 
+def repeats_method(repeats: int, stderr: float | None, stochastic: bool = True) -> str | None:
+    """What a ``stderr_method`` field says of an s.e. from :func:`nll_summary`: "deterministic" (exact), "R repeats",
+    or None (one draw of a stochastic estimate: no s.e.)."""
+    if not stochastic:
+        return "deterministic"
+    return f"{repeats} repeats" if stderr is not None else None
+
+
 def jackknife_log_mean_exp(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(k, N) log weights, k ≥ 2 → per column the log-mean-exp θ̂ = log (1/k) Σ_j w_j (N,) and the jackknife
     estimate of its variance (N,): (k−1)/k Σ_j (θ̂(−j) − mean_j θ̂(−j))², with θ̂(−j) the log-mean-exp of the
@@ -129,7 +137,7 @@ def importance_weighted(model, x: torch.Tensor, k: int, repeats: int, batch_size
     per_image = torch.stack([batched(lambda xb: model.log_prob_iwae(xb, k), x, batch_size, device)
                              for _ in range(repeats)])  # (R, N)
     mean, stderr, sem = nll_summary(per_image)
-    return mean, stderr, sem, repeats, (f"{repeats} repeats" if stderr is not None else None)
+    return mean, stderr, sem, repeats, repeats_method(repeats, stderr)
 
 
 def histogram_log_prob(train_x: torch.Tensor, x: torch.Tensor, num_levels: int) -> torch.Tensor:
@@ -162,7 +170,7 @@ def evaluate_likelihood(ctx, cfg: LikelihoodConfig) -> LikelihoodResult:
                        batched(model.log_prob, x, cfg.batch_size, ctx.device)
                        for r in range(cfg.bound_repeats if stochastic else 1)])
     mean, stderr, sem = nll_summary(own, stochastic)
-    method = (None if stderr is None else f"{len(own)} repeats") if stochastic else "deterministic"
+    method = repeats_method(len(own), stderr, stochastic)
     out = LikelihoodResult(type=model.likelihood.value, estimator=model.estimator, nll_nats=mean,
                            nll_bpd=float(nats_to_bits_per_dim(mean, D)), stderr_nats=stderr, repeats=len(own),
                            sem_images_nats=sem, bound_estimator=None, bound_nats=None, bound_stderr_nats=None,

@@ -24,8 +24,9 @@ PENDING = "metrics.pending.json"
 
 
 def write_json(obj: dict, path: Path) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file of this process's own, then a rename), so a
+    reader never sees half a file and two processes writing the same path never share a temporary file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
     os.replace(tmp, path)
 

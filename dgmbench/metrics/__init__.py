@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import types
 import typing
 import zlib
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..pending import write_json  # atomic (standard library only)
 from ..registry import Registry
 
 
@@ -160,9 +160,7 @@ def cached_json(cache_dir: str, kind: str, key: str, compute: Callable[[], Any],
             pass
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(to_json(value)))
-    os.replace(tmp, path)
+    write_json(to_json(value), path)
     return value
 
 

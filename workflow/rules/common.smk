@@ -33,7 +33,9 @@ if GRID.get("models") is None:
 # The eval section, for the train job's evaluation in its own process (`dgmbench train --evaluate-pending`). Not a
 # param of the train rule, so a change to it does not retrain: the evaluate job sees the change in its own params
 # and evaluates again (the pending evaluation's key no longer matches, dgmbench/pending.py).
-os.environ["DGMBENCH_EVAL_JSON"] = json.dumps(GRID.get("eval", {}), sort_keys=True)
+from dgmbench.cli import EVAL_ENV  # the variable's name, where the train command reads it (no torch imported)
+
+os.environ[EVAL_ENV] = json.dumps(GRID.get("eval", {}), sort_keys=True)
 
 RUNS = GRID.get("runs_dir", "results/runs")
 RESULTS = GRID.get("results_dir", "results")

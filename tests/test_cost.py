@@ -200,6 +200,46 @@ def test_cost_table_from_the_trainers_and_evaluators_own_outputs(tiny_run, tmp_p
     assert "load average" in notes and "Machine: cpu: " in notes and "were trained before CPU seconds" in notes
 
 
+def test_the_grid_totals_sum_the_runs_own_cpu_seconds_and_divide_by_the_machines_cores(tiny_run, tmp_path):
+    """The floor under a grid's wall time: the summed CPU seconds the trainer and the evaluators recorded, over
+    the cores of the one CPU machine that ran them; nothing is claimed where a run lacks them or the machines
+    differ (another core count, a GPU)."""
+    import re
+
+    from dgmbench.results import RunRecord
+    from dgmbench.tables.cost import _floor_notes
+
+    root, record, metrics = tiny_run
+    scale = 1000.0  # the tiny run's seconds, as if each stretch took a thousand times longer: whole seconds to compare
+    evaluators = metrics["timing"]["evaluators"]
+    train, evaluate = record["train_cpu_seconds"] * scale, sum(t["cpu_seconds"] for t in evaluators.values()) * scale
+    cores = int(re.search(r"(\d+) CPUs", record["machine"]).group(1))
+
+    def seed(k: int, machine: str | None = None) -> RunRecord:
+        m = copy.deepcopy(metrics)
+        m["run"]["seed"] = k
+        m["training"]["timing"]["training"]["cpu_seconds"] *= scale
+        for t in m["timing"]["evaluators"].values():
+            t["cpu_seconds"] *= scale
+        if machine is not None:
+            m["training"]["timing"]["machine"] = machine
+        return RunRecord.from_dict(m)
+
+    (note,) = _floor_notes([seed(0), seed(1), seed(2)])
+    assert note.startswith("Grid totals (digits, 3 runs): ")
+    assert f"training {3 * train:,.0f} CPU s" in note and f"evaluation {3 * evaluate:,.0f} CPU s" in note
+    busy = float(re.search(r"cores busy for ([\d,]+) s", note).group(1).replace(",", ""))
+    assert busy == pytest.approx(3 * (train + evaluate) / cores, abs=0.5)
+    assert f"start-up {3 * record['startup']['cpu_seconds']:,.0f} CPU s over 3 job(s)" in note
+    # Another machine, a GPU: the sums stand, no floor is claimed.
+    for other in (record["machine"].replace(f"{cores} CPUs", f"{cores + 2} CPUs"), "cuda:0: a GPU; host x"):
+        (note,) = _floor_notes([seed(0), seed(1, other)])
+        assert "training" in note and "busy" not in note, other
+    # A run from before CPU seconds were recorded: the totals are not claimed at all.
+    (note,) = _floor_notes([seed(0), RunRecord.from_dict(_old(metrics, "vae"))])
+    assert note == "Grid totals (digits): not measured (a run lacks its CPU seconds)."
+
+
 def test_the_best_validation_nll_within_a_budget_only_improves_with_the_budget():
     from dgmbench.metrics.training import VAL_NLL, TrainingResult
 

@@ -6,6 +6,9 @@ FLOPs it sustained; each evaluator's wall seconds and the evaluation's CPU secon
 and of the evaluation job; and the best *validation* NLL reached within 25 %, 50 % and 100 % of the epochs run —
 what the run would have scored with a smaller budget (issue #19: a budget is earned by its validation curve).
 
+A note per dataset sums the grid's training and evaluation CPU seconds and divides them by the cores of the machine
+that ran it: the wall time the grid cannot go under at its budgets, whatever its start-up and scheduling.
+
 The anytime figure plots each run's validation NLL (bits/dim) against its cumulative training wall time.
 
 Everything is read from the typed results (``TrainingResult`` and its ``TrainingTiming``, the ``timing`` section as
@@ -16,6 +19,8 @@ was recorded shows "not measured" in that column.
 from __future__ import annotations
 
 import math
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -149,6 +154,45 @@ def _machine_notes(runs) -> list[str]:
     return notes
 
 
+def _cores(machines: set) -> int | None:
+    """The logical CPUs of the one CPU machine that ran every job (``clock.machine`` writes "…, 2 CPUs (…)"); None
+    for several machines, an unrecorded one or a GPU (whose work is not the process's CPU seconds)."""
+    if None in machines or any(m.startswith("cuda") for m in machines):
+        return None
+    counts = {int(m.group(1)) for m in (re.search(r"(\d+) CPUs", s) for s in machines) if m}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _floor_notes(runs) -> list[str]:
+    """Per dataset, the grid's summed training and evaluation CPU seconds, and the wall time they take at the least
+    on the machine that ran them: CPU seconds ÷ cores, every core busy and no process start-up. Start-up, scheduling
+    and evaluation order can bring a grid down to that floor, not below it."""
+    by_dataset = defaultdict(list)
+    for r in runs:
+        by_dataset[r.info.dataset].append(r)
+    notes = []
+    for dataset, group in sorted(by_dataset.items()):
+        timed = [r.get("training").timing if r.get("training") is not None else None for r in group]
+        evals = [_eval_timing(r) for r in group]
+        if (any(t is None or t.training.cpu_seconds is None for t in timed)
+                or any(x.cpu_seconds is None for e in evals for x in e.evaluators.values())):
+            notes.append(f"Grid totals ({dataset}): {NOT_MEASURED} (a run lacks its CPU seconds).")
+            continue
+        train = sum(t.training.cpu_seconds for t in timed)
+        evaluate = sum(x.cpu_seconds for e in evals for x in e.evaluators.values())
+        startups = [t.startup.cpu_seconds for t in timed if t.startup is not None and t.startup.cpu_seconds is not None]
+        cores = _cores({t.machine for t in timed} | {e.machine for e in evals})
+        note = (f"Grid totals ({dataset}, {len(group)} runs): training {train:,.0f} CPU s (validation scoring "
+                f"included), evaluation {evaluate:,.0f} CPU s, train-job start-up {sum(startups):,.0f} CPU s over "
+                f"{len(startups)} job(s).")
+        if cores:
+            note += (f" Training and evaluation alone keep the machine's {cores} cores busy for "
+                     f"{(train + evaluate) / cores:,.0f} s: no run of this grid on it is faster at these budgets and "
+                     "evaluation settings, whatever its start-up and scheduling.")
+        notes.append(note)
+    return notes
+
+
 NOTES = [
     "Mean ± sd over the seeds that measured each column (every run, diverged ones included, for the costs; "
     "the runs that trained ok for the NLLs).",
@@ -180,7 +224,7 @@ def cost_table(runs: list, out_dir: Path) -> list[Path]:
     seen = {name for r in runs for name in _eval_timing(r).evaluators}
     evaluators = [n for n in EVALUATORS.names() if n in seen] + sorted(seen - set(EVALUATORS.names()))
     rows = [_row(dataset, model, group, evaluators) for (dataset, model), group in groups]
-    notes = NOTES + _machine_notes(runs) + _sampling_notes(runs)
+    notes = NOTES + _machine_notes(runs) + _floor_notes(runs) + _sampling_notes(runs)
     return write_table(pd.DataFrame(rows).fillna(NOT_MEASURED), out_dir, "cost", notes=notes) + anytime_figures(dict(groups), out_dir)
 
 

@@ -128,3 +128,23 @@ def test_samples_are_valid_images_and_follow_the_prior():
     s = model.sample(20000)
     freq = torch.bincount(s.flatten(), minlength=4).double() / len(s)
     torch.testing.assert_close(freq, p, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("size, dilation", [(8, 8), (4, 4), (5, 8)])
+def test_a_dilation_that_reaches_past_the_image_is_its_centre_tap(size, dilation):
+    """The prior's residual block skips the taps that only ever see zero padding; the full convolution is the
+    reference, for the output and for every gradient (the skipped taps' gradient is exactly zero in it)."""
+    from dgmbench.models.discrete_flow import _Residual
+
+    torch.manual_seed(0)
+    block = _Residual(3, dilation).double()
+    h = torch.randn(2, 3, size, size, dtype=torch.double, requires_grad=True)
+    out = block(h)
+    full = h + torch.relu(block.conv._conv_forward(h, block.conv.weight, block.conv.bias))  # every tap
+    assert torch.allclose(out, full, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (h, block.conv.weight, block.conv.bias), g)
+    ref = torch.autograd.grad(full, (h, block.conv.weight, block.conv.bias), g)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert torch.count_nonzero(ref[1][:, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]]) == 0

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..distributions import discretized_logistic_log_pmf
 from .base import GenerativeModel, Likelihood, register_model
@@ -45,7 +46,10 @@ from .base import GenerativeModel, Likelihood, register_model
 @dataclass
 class DiscreteFlowConfig:
     couplings: int = 4  # modular additive coupling steps (checkerboard parity alternates); 0 = the prior alone
-    hidden_channels: int = 64  # width of each coupling's shift network
+    hidden_channels: int = 16  # width of each coupling's shift network. On digits the couplings stay the identity
+    # (see coupling_lr_scale; the matrix reports what they move), so they are kept cheap: a digits epoch costs 1.22 CPU s
+    # at 16 channels against 1.37 at 64 (one thread, quiet machine); 0.89 without couplings, most of the difference
+    # being the straight-through gradient that the prior passes back to them
     prior_hidden: int = 32  # width of the network giving p(z_g | z_<g) (64 needs fewer epochs on digits, at ~4× the cost of each)
     prior_components: int = 4  # discretised logistics in each position's mixture
     coupling_lr_scale: float = 0.01  # the couplings' learning rate relative to the prior's: a shift that wraps
@@ -137,6 +141,10 @@ class _Residual(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
 
     def forward(self, h):
+        if self.conv.dilation[0] >= h.shape[-2] and self.conv.dilation[1] >= h.shape[-1]:
+            # Every off-centre tap lands in the zero padding (an 8×8 image at dilation 8): the centre tap alone is
+            # the same convolution, at a ninth of its multiply-adds (the off-centre weights get zero gradient either way).
+            return h + torch.relu(F.conv2d(h, self.conv.weight[:, :, 1:2, 1:2], self.conv.bias))
         return h + torch.relu(self.conv(h))
 
 

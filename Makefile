@@ -35,9 +35,10 @@ $(SLURM_STAMP): $(STAMP) pyproject.toml
 
 # Two pytest workers (pytest-xdist), one per core: the unit tests are single-threaded, and the pipeline tests spend
 # much of their time waiting on process start-up and SLURM polls. Each module runs in one worker (its module
-# fixtures are built once); the smoke grid is built once for both (tests/conftest.py). One worker: add `-n 0`.
+# fixtures are built once), the slowest modules first (tests/conftest.py's SLOW_FIRST; xdist's own order would
+# start them last); the smoke grid is built once for both (tests/conftest.py). One worker: add `-n 0`.
 test: setup $(SLURM_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=10
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
 
 # Kept for old habits: `make test` now runs everything.
 test-all: test

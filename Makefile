@@ -45,7 +45,7 @@ test-all: test
 
 bench: setup
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going; rc=$$?; \
 	echo "make bench: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; \
 	$(BIN)/python -c "$$SUMMARY_PY" results $$rc "make report"; exit $$rc
 
@@ -53,12 +53,12 @@ bench: setup
 # installed first. Runs in results/full/runs, tables and figures in results/full/. Wall time in the README.
 full: full-data
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going --configfile config/full.yaml; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --keep-going --configfile config/full.yaml; rc=$$?; \
 	echo "make full: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 smoke: setup
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile config/smoke.yaml; rc=$$?; \
 	echo "make smoke: snakemake finished with status $$rc in $$(( $$(date +%s) - start )) s"; \
 	$(BIN)/python -c "$$SUMMARY_PY" results/smoke $$rc \
 		"$(BIN)/snakemake --configfile config/smoke.yaml --report results/smoke/report.html"; exit $$rc
@@ -95,7 +95,7 @@ tables: setup
 # The tables and figures of results/ with their captions (workflow/report/), the comparison matrix first; made from
 # what is there, nothing is rerun. Open results/report.html in a browser.
 report: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --report results/report.html
 	@echo "make report: wrote $(CURDIR)/results/report.html (open it in a browser: the comparison matrix comes first)"
 
 ui: setup

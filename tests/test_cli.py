@@ -155,8 +155,8 @@ def test_evaluate_prints_one_flushed_line_per_evaluator_with_its_time(tiny_run, 
 def test_make_grid_targets_end_by_saying_where_the_results_are(target, results, tmp_path):
     """`make bench` / `make smoke` with a stand-in snakemake (the real grids take minutes to hours): the last lines
     name the grid's matrix, one verdict line per model of its matrix.csv, and the report; a failed snakemake
-    points to the logs and keeps its exit status. Run on a copy of the committed tables, so a smoke grid that was
-    never run here is covered too."""
+    points to the logs and keeps its exit status; the venv's bin comes first on Snakemake's PATH. Run on a copy of
+    the committed tables, so a smoke grid that was never run here is covered too."""
     import shutil
 
     make = shutil.which("make")
@@ -171,7 +171,7 @@ def test_make_grid_targets_end_by_saying_where_the_results_are(target, results, 
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
     fake = venv / "bin" / "snakemake"
-    fake.write_text('#!/bin/sh\nexit "${FAKE_STATUS:-0}"\n')
+    fake.write_text('#!/bin/sh\necho "$PATH" > "$0.path"\nexit "${FAKE_STATUS:-0}"\n')  # records the PATH it got
     fake.chmod(0o755)
     stamp = venv / ".dgmbench-installed"  # -o: the venv counts as set up, whatever the time stamps say
     argv = [make, "-s", "-o", str(stamp), target, f"VENV={venv}"]
@@ -188,6 +188,8 @@ def test_make_grid_targets_end_by_saying_where_the_results_are(target, results, 
     assert all(re.search(r"training \S+, likelihood \S+, sampling \S+, lossy \S+, lossless \S+; vs lecture", r)
                for r in rows)
     assert lines[-1].startswith(f"report: {results}/report.html")
+    # Snakemake's jobs find the venv's dgmbench first, with VENV given as an absolute path too.
+    assert Path(str(fake) + ".path").read_text().split(":")[0] == str(venv / "bin")
 
     failed = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60, env={**os.environ, "FAKE_STATUS": "3"})
     assert failed.returncode != 0 and f"{results}/logs/" in failed.stderr

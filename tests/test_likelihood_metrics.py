@@ -5,7 +5,6 @@ and the evaluator ``metrics/likelihood.py`` on a model whose likelihood is known
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

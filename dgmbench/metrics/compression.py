@@ -39,12 +39,11 @@ import hashlib
 import io
 import lzma
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..distributions import LOG2
 from ..models.base import Likelihood
 from . import Result, cached_json, register_evaluator
 

@@ -221,9 +221,11 @@ class EvalContext:
 
 
 @torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Apply ``fn`` to ``x`` in batches on ``device``; concatenate the (B,) results on the CPU in float64."""
-    return torch.cat([fn(x[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(x), batch_size)])
+def batched(fn, x: torch.Tensor, batch_size: int, device, dim: int = 0) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` in batches on ``device``; concatenate the results on the CPU in float64, along ``dim``
+    (0 for (B,) results; 1 for (k, B) ones, e.g. importance weights)."""
+    return torch.cat([fn(x[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(x), batch_size)],
+                     dim=dim)
 
 
 @dataclass(frozen=True)

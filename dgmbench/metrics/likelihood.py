@@ -127,9 +127,7 @@ def importance_weighted(model, x: torch.Tensor, k: int, repeats: int, batch_size
     over images, draws, how the s.e. was obtained). One draw of a family that gives its weights: s.e. by the
     jackknife over its k samples; otherwise from ``repeats`` independent draws (None for one)."""
     if repeats == 1 and model.iwae_weights and k >= 2:
-        with torch.no_grad():
-            log_w = torch.cat([model.iwae_log_weights(x[i : i + batch_size].to(device), k).double().cpu()
-                               for i in range(0, len(x), batch_size)], dim=1)  # (k, N)
+        log_w = batched(lambda xb: model.iwae_log_weights(xb, k), x, batch_size, device, dim=1)  # (k, N)
         estimate, variance = jackknife_log_mean_exp(log_w)
         sem = float(estimate.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else 0.0
         return (float(-estimate.mean()), float(variance.sum().sqrt() / len(x)), sem, 1,

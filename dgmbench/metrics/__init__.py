@@ -220,6 +220,18 @@ class EvalContext:
         return self.cache["test_log_prob"]
 
 
+def iwae_k_for(model, k: int, overrides: dict[str, int]) -> int:
+    """The importance samples an evaluator gives ``model``: its entry in ``overrides`` (by model name: a family whose
+    every sample costs many network passes, e.g. diffusion), else ``k``."""
+    return overrides.get(getattr(model, "name", ""), k)
+
+
+def check_iwae_k_overrides(overrides: dict[str, int]) -> None:
+    """A config's ``iwae_k_overrides`` maps model names to k ≥ 1 (ValueError otherwise)."""
+    if any(not isinstance(k, int) or k < 1 for k in overrides.values()):
+        raise ValueError(f"iwae_k_overrides must map model names to k ≥ 1, got {overrides}")
+
+
 @torch.no_grad()
 def batched(fn, x: torch.Tensor, batch_size: int, device, dim: int = 0) -> torch.Tensor:
     """Apply ``fn`` to ``x`` in batches on ``device``; concatenate the results on the CPU in float64, along ``dim``

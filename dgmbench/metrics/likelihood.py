@@ -40,7 +40,7 @@ import torch
 
 from ..distributions import nats_to_bits_per_dim
 from ..models.base import Likelihood
-from . import Result, batched, register_evaluator
+from . import Result, batched, check_iwae_k_overrides, iwae_k_for, register_evaluator
 
 
 @dataclass
@@ -55,8 +55,7 @@ class LikelihoodConfig:
     def validate(self):
         if min(self.iwae_k, self.iwae_repeats, self.bound_repeats, self.batch_size) < 1:
             raise ValueError("iwae_k, iwae_repeats, bound_repeats and batch_size must be ≥ 1")
-        if any(not isinstance(k, int) or k < 1 for k in self.iwae_k_overrides.values()):
-            raise ValueError(f"iwae_k_overrides must map model names to k ≥ 1, got {self.iwae_k_overrides}")
+        check_iwae_k_overrides(self.iwae_k_overrides)
 
 
 @dataclass
@@ -174,7 +173,7 @@ def evaluate_likelihood(ctx, cfg: LikelihoodConfig) -> LikelihoodResult:
                            sem_images_nats=sem, bound_estimator=None, bound_nats=None, bound_stderr_nats=None,
                            bound_gap_nats=None, iwae_k=None, stderr_method=method, **baselines)
     if model.supports_iwae:
-        k = cfg.iwae_k_overrides.get(getattr(model, "name", ""), cfg.iwae_k)
+        k = iwae_k_for(model, cfg.iwae_k, cfg.iwae_k_overrides)
         iw = importance_weighted(model, x, k, cfg.iwae_repeats, cfg.batch_size, ctx.device)
         iw_mean, iw_stderr, iw_sem, iw_repeats, out.stderr_method = iw
         out.bound_estimator, out.bound_nats, out.bound_stderr_nats = model.estimator, mean, stderr

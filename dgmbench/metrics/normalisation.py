@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..models.base import Likelihood
-from . import Result, register_evaluator
+from . import Result, check_iwae_k_overrides, iwae_k_for, register_evaluator
 
 
 @dataclass
@@ -44,8 +44,7 @@ class NormalisationConfig:
             raise ValueError(f"spaces must be [C, H, W, levels] with levels ≥ 2, got {self.spaces}")
         if self.bound_repeats < 1 or self.iwae_k < 1:
             raise ValueError("bound_repeats and iwae_k must be ≥ 1")
-        if any(not isinstance(k, int) or k < 1 for k in self.iwae_k_overrides.values()):
-            raise ValueError(f"iwae_k_overrides must map model names to k ≥ 1, got {self.iwae_k_overrides}")
+        check_iwae_k_overrides(self.iwae_k_overrides)
         if min(self.toy_train_steps, self.causal_positions, self.check_images) < 0:
             raise ValueError("toy_train_steps, causal_positions and check_images must be ≥ 0")
 
@@ -131,7 +130,7 @@ def _space_model(cls, hparams, spaces, device):
 
 def _space_sum(model, space, cfg: NormalisationConfig) -> SpaceSum:
     cls = type(model)
-    k = cfg.iwae_k_overrides.get(getattr(model, "name", ""), cfg.iwae_k) if cls.supports_iwae else 0
+    k = iwae_k_for(model, cfg.iwae_k, cfg.iwae_k_overrides) if cls.supports_iwae else 0
     res = total_probability(model.eval(), bound_repeats=cfg.bound_repeats if cls.likelihood is Likelihood.BOUND else 1,
                             iwae_k=k)
     return SpaceSum(space=space, error=None, iwae_k=k or None, **res)

@@ -59,6 +59,12 @@ def _eval_timing(run) -> EvaluationTiming:
     return EvaluationTiming.from_section(run.timing)
 
 
+def _eval_cpu(timing: EvaluationTiming) -> float | None:
+    """CPU seconds of every evaluator of one evaluation together; None if one of them lacks its CPU seconds."""
+    cpu = [t.cpu_seconds for t in timing.evaluators.values()]
+    return None if None in cpu else sum(cpu)
+
+
 def _gflops_per_s(training) -> float | None:
     """Counted FLOPs the training sustained: FLOPs per step × steps / training wall seconds, in GFLOP/s."""
     t = training.timing.training if training.timing else None
@@ -83,8 +89,7 @@ def _row(dataset: str, model: str, group: list, evaluators: list[str]) -> dict:
         "start-up s, train job": _cell([t.startup.wall_seconds for t in timed if t.startup]),
         "eval wall s (all)": _cell([sum(t.wall_seconds for t in e.evaluators.values()) for e in evals
                                     if e.evaluators]),
-        "eval CPU s (all)": _cell([sum(t.cpu_seconds for t in e.evaluators.values()) for e in evals if e.evaluators
-                                   and all(t.cpu_seconds is not None for t in e.evaluators.values())]),
+        "eval CPU s (all)": _cell([_eval_cpu(e) for e in evals if e.evaluators]),
         "start-up s, eval job": _cell([e.startup.wall_seconds for e in evals if e.startup]),
     }
     for name in evaluators:  # the runs it applied to (one that does not apply returns at once: "—")
@@ -174,12 +179,12 @@ def _floor_notes(runs) -> list[str]:
     for dataset, group in sorted(by_dataset.items()):
         timed = [r.get("training").timing if r.get("training") is not None else None for r in group]
         evals = [_eval_timing(r) for r in group]
-        if (any(t is None or t.training.cpu_seconds is None for t in timed)
-                or any(x.cpu_seconds is None for e in evals for x in e.evaluators.values())):
+        eval_cpu = [_eval_cpu(e) for e in evals]
+        if any(t is None or t.training.cpu_seconds is None for t in timed) or None in eval_cpu:
             notes.append(f"Grid totals ({dataset}): {NOT_MEASURED} (a run lacks its CPU seconds).")
             continue
         train = sum(t.training.cpu_seconds for t in timed)
-        evaluate = sum(x.cpu_seconds for e in evals for x in e.evaluators.values())
+        evaluate = sum(eval_cpu)
         startups = [t.startup.cpu_seconds for t in timed if t.startup is not None and t.startup.cpu_seconds is not None]
         cores = _cores({t.machine for t in timed} | {e.machine for e in evals})
         note = (f"Grid totals ({dataset}, {len(group)} runs): training {train:,.0f} CPU s (validation scoring "

@@ -136,6 +136,18 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "smoke.yaml"
 
 
+def dgmbench_process(args, *, cwd: Path | None = None, paths=(), timeout: int = 300,
+                     **env: str) -> subprocess.CompletedProcess:
+    """``python -m dgmbench ARGS`` in a process of its own (as a workflow job runs it), in ``cwd``, with the
+    repository and ``paths`` (plugin sites) on its import path and no tracking URI from the caller's environment;
+    ``env`` adds variables. The caller checks the return code."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, paths)]),
+               "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+    environ.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "dgmbench", *args], capture_output=True, text=True, env=environ,
+                          cwd=cwd, timeout=timeout)
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``snakemake ARGS`` on the repository's Snakefile in ``workdir`` (its own MLflow store, results and runs)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

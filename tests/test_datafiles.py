@@ -5,20 +5,17 @@ through train, evaluate (in a fresh process that reads only the run) and tables.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import dgmbench_process
+
 from dgmbench.config import ConfigError, validate_grid
 from dgmbench.data import DATASETS, load_dataset
 from dgmbench.datafiles import DataFileError, register_data_files
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def digits_npz(path: Path, n: int = 120, labels: bool = True) -> Path:
@@ -155,13 +152,10 @@ def test_npz_dataset_runs_through_train_evaluate_and_tables(isolated_cwd):
             "data_files": declare(), "train": {"all": TINY_TRAIN}, "eval": TINY_EVAL}
     (isolated_cwd / "grid.yaml").write_text(yaml.safe_dump(grid))
     (isolated_cwd / "eval.yaml").write_text(yaml.safe_dump({"eval": TINY_EVAL}))  # settings only, no data_files
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     run = "results/runs/mine/vae/seed0"
 
     def dgmbench(*args):
-        proc = subprocess.run([sys.executable, "-m", "dgmbench", *args], capture_output=True, text=True, env=env,
-                              cwd=isolated_cwd, timeout=600)
+        proc = dgmbench_process(args, cwd=isolated_cwd, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 

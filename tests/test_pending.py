@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_EVAL, TINY_TRAIN
+from conftest import TINY_EVAL, TINY_TRAIN, dgmbench_process
 
 from dgmbench.cli import EVAL_ENV, main
 from dgmbench.config import run_grid, validate_grid
 from dgmbench.evaluate import without_timing
 from dgmbench.pending import PENDING, adopt_pending, pending_key
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def job_grids(model: str, eval_section: dict) -> tuple[str, str]:
@@ -41,12 +37,9 @@ def cli(*argv: str) -> str:
     return out.getvalue()
 
 
-def dgmbench_process(root: Path, *argv: str, **env: str) -> str:
-    """``python -m dgmbench ARGV`` in a process of its own (as a workflow job runs it), in ``root``; its stdout."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "dgmbench", *argv], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+def job(root: Path, *argv: str, **env: str) -> str:
+    """``python -m dgmbench ARGV`` in a process of its own with one thread, as a workflow job runs it; its stdout."""
+    proc = dgmbench_process(argv, cwd=root, OMP_NUM_THREADS="1", **env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -58,7 +51,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pending")
     train_json, eval_json = job_grids("arm", TINY_EVAL)
     run = root / "results" / "runs" / "digits" / "arm" / "seed0"
-    printed = dgmbench_process(root, "train", "--config-json", train_json, "--dataset", "digits", "--model", "arm",
+    printed = job(root, "train", "--config-json", train_json, "--dataset", "digits", "--model", "arm",
                                "--seed", "0", "--out", str(run), "--evaluate-pending",
                                **{EVAL_ENV: json.dumps(TINY_EVAL, sort_keys=True)})
     return {"root": root, "run": run, "eval_json": eval_json, "printed": printed}
@@ -106,7 +99,7 @@ def test_adopted_evaluation_equals_a_fresh_process_evaluation(trained):
     assert "adopted" in printed and not (run / PENDING).exists()
     adopted = json.loads((run / "metrics.json").read_text())
     assert adopted == json.loads(json.dumps(adopted)) and adopted["run"]["evaluation_index"] == 0
-    dgmbench_process(root, "evaluate", "--config-json", trained["eval_json"], "--run", str(run))
+    job(root, "evaluate", "--config-json", trained["eval_json"], "--run", str(run))
     fresh = json.loads((run / "metrics.json").read_text())
     assert fresh["run"]["evaluation_index"] == 1
     for m in (adopted, fresh):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dgmbench_process
+
 from dgmbench.registry import NameClashError, Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +41,7 @@ def made_site(tmp_path_factory) -> Path:
 
 def dgmbench(args: list[str], *paths: Path, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python -m dgmbench ARGS`` in a fresh process with ``paths`` (plugin sites) on its import path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, paths)]), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "dgmbench", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=timeout)
+    return dgmbench_process(args, cwd=cwd, paths=paths, timeout=timeout)
 
 
 def fake_dist(site: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> Path:

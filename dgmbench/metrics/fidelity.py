@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import checkpoint
 from ..distributions import to_symmetric
+from ..optim import Adam
 from . import Result, register_evaluator
 
 
@@ -154,7 +155,7 @@ def train_classifier(dataset, cfg: SampleQualityConfig) -> tuple[FeatureClassifi
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(cfg.classifier_seed)
         net = FeatureClassifier(info.shape, info.num_classes, cfg.classifier_width, cfg.feature_dim)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        opt = Adam(net.parameters(), lr=1e-3)
         order = torch.Generator().manual_seed(cfg.classifier_seed)
         net.train()
         for _ in range(cfg.classifier_steps):

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data import DatasetInfo
 from ..distributions import log_mean_exp
+from ..optim import Adam, Optimizer
 from . import MODELS  # the registry lives in the package's __init__, which imports no torch
 
 
@@ -68,10 +69,12 @@ class GenerativeModel(nn.Module):
         """Scalar objective to minimise on a batch of integer images, and floats to log."""
         raise NotImplementedError
 
-    def configure_optimizers(self, train_cfg) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)]
+    def configure_optimizers(self, train_cfg) -> list[Optimizer]:
+        """The optimizers ``train_step`` takes. dgmbench's Adam is torch's update without torch.optim's import of
+        torch._dynamo (dgmbench/optim.py); a plugin may return any torch.optim optimizer instead."""
+        return [Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)]
 
-    def train_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer], train_cfg) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer], train_cfg) -> dict[str, float]:
         """One update on a batch. Returns the floats to log; ``"loss"`` is the curve the trainer tracks."""
         (opt,) = optimizers
         opt.zero_grad(set_to_none=True)

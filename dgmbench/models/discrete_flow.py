@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..distributions import discretized_logistic_log_pmf
+from ..optim import Adam
 from .base import GenerativeModel, Likelihood, register_model
 
 
@@ -286,7 +287,7 @@ class DiscreteFlow(GenerativeModel):
     def configure_optimizers(self, train_cfg):
         groups = [{"params": self.prior.parameters(), "lr": train_cfg.lr},
                   {"params": self.couplings.parameters(), "lr": train_cfg.lr * self.cfg.coupling_lr_scale}]
-        return [torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)]
+        return [Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)]
 
     def loss(self, x):
         nll = -self._log_prob(self.check_input(x)).mean()

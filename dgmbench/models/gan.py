@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import from_symmetric, to_symmetric
+from ..optim import Adam, Optimizer
 from .base import GenerativeModel, Likelihood, register_model
 
 
@@ -187,12 +188,12 @@ class GAN(GenerativeModel):
         self._calls = 0  # train_step calls so far, for the D/G step ratio (not saved: a ratio, not a state)
 
     # --- training ----------------------------------------------------------------------------------------
-    def configure_optimizers(self, train_cfg) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self, train_cfg) -> list[Optimizer]:
         """[opt_g, opt_d]: two Adams with the DCGAN betas; D's learning rate is scaled by ``d_lr_scale``."""
         betas = (self.cfg.beta1, self.cfg.beta2)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=train_cfg.lr, betas=betas,
+        opt_g = Adam(self.generator.parameters(), lr=train_cfg.lr, betas=betas,
                                  weight_decay=train_cfg.weight_decay)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train_cfg.lr * self.cfg.d_lr_scale,
+        opt_d = Adam(self.discriminator.parameters(), lr=train_cfg.lr * self.cfg.d_lr_scale,
                                  betas=betas, weight_decay=train_cfg.weight_decay)
         return [opt_g, opt_d]
 

@@ -81,7 +81,7 @@ class PCA(GenerativeModel):
     def device(self) -> torch.device:
         return self.count.device  # no parameters
 
-    def configure_optimizers(self, train_cfg) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self, train_cfg) -> list:
         return []  # closed form: no gradient steps
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/track.smk"
 
 
 # The runs are targets too, not only the tables: results/tables is committed, so on a fresh clone (or after
@@ -34,3 +35,4 @@ rule all:
         ALL_METRICS,
         f"{RESULTS}/tables",
         f"{RESULTS}/figures",
+        TRACKED,

@@ -1,4 +1,4 @@
-"""The ``dgmbench`` command line: list, train, evaluate, tables, ui.
+"""The ``dgmbench`` command line: list, train, evaluate, track, tables, ui.
 
 Errors a user can fix (unknown names, bad config, missing data, unreadable checkpoints, unreachable tracking)
 print one line naming the problem and the fix, and exit with status 2; ``--debug`` shows the traceback.
@@ -23,13 +23,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DatasetUnavailable
     from .identity import IdentityError
+    from .journal import JournalError
     from .registry import UnknownNameError
     from .runtime import DeviceUnavailable
     from .tracking import TrackingUnavailable
     from .train import ResumeMismatch
 
     return (ConfigError, UnknownNameError, DatasetUnavailable, CheckpointError, TrackingUnavailable,
-            ResumeMismatch, DeviceUnavailable, IdentityError, UserError, OSError)  # OSError: unwritable dir, full disk, ...
+            ResumeMismatch, DeviceUnavailable, IdentityError, JournalError, UserError, OSError)  # OSError: unwritable dir, full disk, ...
 
 
 def cmd_list(args) -> int:
@@ -69,12 +70,12 @@ def cmd_train(args) -> int:
     grid = grid_of(args)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
     out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
-    record = train(run, out)
+    record = train(run, out, journal=args.tracking == "journal")
     print(f"{summary_line(run, record)}; checkpoint in {out}", flush=True)
     if args.evaluate:
         from .config import eval_settings
 
-        metrics = evaluate_run(out, eval_settings(grid))
+        metrics = evaluate_run(out, eval_settings(grid), journal=args.tracking == "journal")
         print(f"{evaluation_summary(metrics)}; wrote {out / 'metrics.json'}", flush=True)
     elif args.evaluate_pending:
         evaluate_pending(args, out)
@@ -105,7 +106,8 @@ def evaluate_pending(args, out: Path) -> None:
 
         eval_grid = {**json.loads(args.config_json), "eval": json.loads(section)}
         settings = eval_settings(validate_grid(parse_yaml_text(json.dumps(eval_grid), f"${EVAL_ENV}")))
-        metrics = evaluate_run(out, settings, pending_key=pending_key(out, eval_grid))
+        metrics = evaluate_run(out, settings, pending_key=pending_key(out, eval_grid),
+                               journal=args.tracking == "journal")
     except Exception as err:  # noqa: BLE001 - the run is trained; its evaluate job evaluates (and fails) on its own
         (out / PENDING).unlink(missing_ok=True)
         print(f"evaluation in the training process failed ({type(err).__name__}: {str(err)[:300]}); the evaluate "
@@ -114,11 +116,11 @@ def evaluate_pending(args, out: Path) -> None:
     print(f"{evaluation_summary(metrics)}; left {out / PENDING} for the evaluate job", flush=True)
 
 
-def evaluate_run(run_dir: Path, settings: dict, pending_key: dict | None = None) -> dict:
+def evaluate_run(run_dir: Path, settings: dict, pending_key: dict | None = None, journal: bool = False) -> dict:
     from .evaluate import evaluate
 
     return evaluate(run_dir, eval_config=settings, progress=lambda s: print(s, flush=True), pending_key=pending_key,
-                    in_training_process=True)
+                    in_training_process=True, journal=journal)
 
 
 def evaluation_summary(metrics: dict) -> str:
@@ -156,8 +158,29 @@ def cmd_evaluate(args) -> int:
         from .config import eval_settings
 
         eval_config = eval_settings(grid_of(args))
-    metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config, progress=lambda s: print(s, flush=True))
+    metrics = evaluate(Path(args.run), only=args.only, eval_config=eval_config, progress=lambda s: print(s, flush=True),
+                       journal=args.tracking == "journal")
     print(f"{evaluation_summary(metrics)}; wrote {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_track(args) -> int:
+    from .config import load_grid
+    from .journal import replay_all
+
+    runs = Path(args.runs or (load_grid(args.config)["runs_dir"] if args.config else "results/runs"))
+    if not runs.is_dir():
+        raise UserError(f"no run directory {runs}; give --runs DIR (where `dgmbench train` wrote the runs)")
+    if args.tracking_uri is not None:
+        from .config import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri, confine=False)
+    total, problems = replay_all(runs, tracking_uri=args.tracking_uri, progress=lambda s: print(s, flush=True))
+    print(f"{total} journal entries written to MLflow from {runs}", flush=True)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
@@ -281,6 +304,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--evaluate-pending", action="store_true",
                    help="for the workflow: evaluate in this process with the eval section in $DGMBENCH_EVAL_JSON and "
                         "leave OUT/metrics.pending.json for the evaluate job (`dgmbench evaluate --adopt-pending`)")
+    t.add_argument("--tracking", choices=("live", "journal"), default="live",
+                   help="live: write the MLflow store as the run trains (default); journal: append what the run "
+                        "logs to OUT/mlflow-journal, for `dgmbench track` to write (the workflow's default)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes RUN/metrics.json",
@@ -297,7 +323,21 @@ def make_parser() -> argparse.ArgumentParser:
                    help="for the workflow: take RUN/metrics.pending.json (left by `dgmbench train --evaluate-pending`) "
                         "as metrics.json if it was computed from this checkpoint with these settings (--config-json) "
                         "and this dgmbench source; evaluate otherwise")
+    e.add_argument("--tracking", choices=("live", "journal"), default="live",
+                   help="live: write the MLflow store (default); journal: append what the evaluation logs to "
+                        "RUN/mlflow-journal, for `dgmbench track` to write")
     e.set_defaults(fn=cmd_evaluate)
+
+    tr = sub.add_parser("track", help="write the runs' MLflow journals into the tracking store",
+                        description="Write what the workflow's jobs journalled (RUN/mlflow-journal, written with "
+                                    "--tracking journal) into each run's MLflow run: only the entries the store does not hold "
+                                    "yet, so it is safe to rerun. The workflow's last job runs it.")
+    tr.add_argument("--runs", metavar="DIR", help="directory searched for run journals (default: --config's runs_dir, "
+                                                  "else results/runs)")
+    tr.add_argument("--config", metavar="FILE", help="grid config whose runs_dir to search")
+    tr.add_argument("--tracking-uri", metavar="URI",
+                    help="write to this store instead of each run's own (its config's tracking_uri)")
+    tr.set_defaults(fn=cmd_track)
 
     tb = sub.add_parser("tables", help="rebuild results/tables and results/figures from metrics.json files")
     tb.add_argument("--runs", metavar="DIR",

@@ -174,6 +174,7 @@ GRID_DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "data_root": None,
     "tracking_uri": None,
+    "tracking_live": False,  # the workflow's jobs journal what they log; its last job writes it (journal.py)
     "experiment": "dgmbench",
     "train": {},
     "hparams": {},

@@ -30,7 +30,8 @@ from .pending import PENDING, write_json
 from .metrics import EvalContext, ResultError, TestSubset, parse_section, plan
 from .results import RunInfo
 from .runtime import seed_everything
-from .tracking import Tracker, flatten, git_commit
+from .journal import open_tracker
+from .tracking import flatten, git_commit
 
 log = logging.getLogger("dgmbench.evaluate")
 
@@ -74,13 +75,14 @@ def _previous(path: Path) -> dict:
 
 def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict | None = None,
              progress: Callable[[str], None] | None = None, pending_key: dict | None = None,
-             in_training_process: bool = False) -> dict:
+             in_training_process: bool = False, journal: bool = False) -> dict:
     """Evaluate ``run_dir``'s checkpoint with ``eval_config`` (name → Config, from :func:`config.eval_settings`;
     the defaults when None) and return the metrics dict written to ``run_dir/metrics.json``. ``progress`` receives
     one line per evaluator (name, result, seconds). With ``pending_key`` (:func:`pending_key`; the training
     process), the metrics go to ``run_dir/metrics.pending.json`` with that key instead, for :func:`adopt_pending`.
     ``in_training_process`` (implied by ``pending_key``): the start-up recorded is the evaluation's own, from this
-    call to the first evaluator, not the process's (which trained first)."""
+    call to the first evaluator, not the process's (which trained first). ``journal``: log to the run's MLflow
+    journal for ``dgmbench track`` instead of the store (dgmbench/journal.py)."""
     in_training_process = in_training_process or pending_key is not None
     entered = clock.Stopwatch().start()  # in the training process, the evaluation's start-up begins here
     run_dir = Path(run_dir)
@@ -143,10 +145,11 @@ def evaluate(run_dir: Path, *, only: list[str] | None = None, eval_config: dict 
         write_json({"key": pending_key, "metrics": metrics}, run_dir / PENDING)
         with tempfile.TemporaryDirectory(prefix="dgmbench-metrics-") as tmp:  # the artifact is metrics.json
             write_json(metrics, Path(tmp) / "metrics.json")
-            log_to_mlflow(run, run_dir, metrics, record["status"], artifact=Path(tmp) / "metrics.json")
+            log_to_mlflow(run, run_dir, metrics, record["status"], artifact=Path(tmp) / "metrics.json",
+                          journal=journal)
     else:
         write_json(metrics, path)
-        log_to_mlflow(run, run_dir, metrics, record["status"])
+        log_to_mlflow(run, run_dir, metrics, record["status"], journal=journal)
     return metrics
 
 
@@ -156,7 +159,8 @@ def merge_timing(previous: dict, flat: dict, evaluators: dict, startup: dict, ma
             "startup": startup, "machine": machine}
 
 
-def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str, artifact: Path | None = None) -> None:
+def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str, artifact: Path | None = None,
+                  journal: bool = False) -> None:
     """The evaluation's headline numbers (``tracking.HEADLINE_METRICS``, read from the typed results) at step = the
     evaluation index (one value per evaluation); metrics.json itself, everything else included, as the artifact;
     the settings it used as tags (a re-evaluation overwrites them; params are immutable in MLflow and hold the
@@ -172,7 +176,7 @@ def log_to_mlflow(run, run_dir: Path, metrics: dict, status: str, artifact: Path
             results[name] = parse_section(name, section)
         except (ResultError, KeyError):  # kept by --only from another version or a plugin not installed now
             pass  # it stays in the metrics.json artifact
-    tracker = Tracker(run.tracking_uri, run.experiment)
+    tracker = open_tracker(run.tracking_uri, run.experiment, journal=journal)
     run_id = tracker.start_run(run_dir, run.run_name, flatten(run.to_dict()), {})
     step = metrics["run"]["evaluation_index"]
     tracker.log_metrics(run_id, headline_metrics(results), step=step)

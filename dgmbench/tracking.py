@@ -197,8 +197,10 @@ class Tracker:
             return exp.experiment_id
 
     # -- runs ----------------------------------------------------------------------------------------------
-    def start_run(self, run_dir: Path, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """Create the MLflow run for ``run_dir``, or reopen the one recorded there (a resumed job)."""
+    def start_run(self, run_dir: Path, run_name: str, params: dict[str, Any], tags: dict[str, str],
+                  start_time: int | None = None) -> str:
+        """Create the MLflow run for ``run_dir``, or reopen the one recorded there (a resumed job). ``start_time``
+        (ms since the epoch; default now): when the job started, for a replayed journal (dgmbench/journal.py)."""
         id_file = run_dir / RUN_ID_FILE
         if id_file.exists():
             run_id = id_file.read_text().strip()
@@ -212,7 +214,8 @@ class Tracker:
                 raise
             except Exception:
                 pass  # the store was reset: start a new run below
-        run = self._call(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
+        run = self._call(self.client.create_run, self.experiment_id, start_time=start_time, run_name=run_name,
+                         tags=tags)
         run_id = run.info.run_id
         # Record the id before anything else, so a job killed from here on reopens this run on resume.
         tmp = id_file.with_name(id_file.name + ".tmp")
@@ -236,6 +239,22 @@ class Tracker:
         for i in range(0, len(items), 500):
             self._call(self.client.log_batch, run_id, metrics=items[i : i + 500])
 
+    def log_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]], tags: dict[str, str]) -> None:
+        """One write of (key, value, timestamp ms, step) metrics and tags (at most 1000 and 100): all or none."""
+        from mlflow.entities import Metric, RunTag
+
+        self._call(self.client.log_batch, run_id, metrics=[Metric(*m) for m in metrics],
+                   tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def run_tags(self, run_id: str) -> dict[str, str] | None:
+        """The tags of run ``run_id``, or None if the store has no such run (it was reset)."""
+        try:
+            return dict(self._call(self.client.get_run, run_id).data.tags)
+        except TrackingUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - MLflow's "run not found" (its type differs between stores)
+            return None
+
     def last_step(self, run_id: str, key: str) -> int:
         """The largest step logged for metric ``key`` in this run, or -1 if none was logged."""
         history = self._call(self.client.get_metric_history, run_id, key)
@@ -249,8 +268,8 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._call(self.client.log_artifact, run_id, str(path), artifact_path)
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self._call(self.client.set_terminated, run_id, status=status)
+    def end_run(self, run_id: str, status: str = "FINISHED", end_time: int | None = None) -> None:
+        self._call(self.client.set_terminated, run_id, status=status, end_time=end_time)
 
     # -- the UI ------------------------------------------------------------------------------------------------
     def prepare_ui(self) -> list[tuple[str, str, str, int]]:

@@ -25,7 +25,8 @@ from .build import build
 from .config import RunConfig, run_from_dict
 from .distributions import nats_to_bits_per_dim
 from .runtime import rng_state, seed_everything, set_rng_state
-from .tracking import Tracker, epoch_metrics, flatten, run_tags
+from .journal import open_tracker
+from .tracking import epoch_metrics, flatten, run_tags
 
 log = logging.getLogger("dgmbench.train")
 
@@ -72,8 +73,9 @@ def save_sample_grid(model, path: Path, num_samples: int = 64) -> None:
     save_image(x.cpu(), path, nrow=8, padding=2, pad_value=0.5)
 
 
-def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dict:
-    """Train one run (or resume it from ``out_dir/last.pt``); returns the training record."""
+def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journal: bool = False) -> dict:
+    """Train one run (or resume it from ``out_dir/last.pt``); returns the training record. ``journal``: log to the
+    run's MLflow journal for ``dgmbench track`` instead of the store (dgmbench/journal.py)."""
     out_dir = Path(out_dir)
     resume_path = out_dir / "last.pt"
     saved = checkpoint.load(resume_path, "resume") if resume_path.exists() else None
@@ -87,7 +89,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     tc = run.train
     optimizers = model.configure_optimizers(tc)
-    tracker = Tracker(run.tracking_uri, run.experiment)  # fails here, before any training, if unreachable
+    tracker = open_tracker(run.tracking_uri, run.experiment, journal=journal)  # live: fails here if unreachable
     identity.claim(run, out_dir)  # this run's directory, and only this process writes it
     run_id = tracker.start_run(out_dir, run.run_name, flatten(run.to_dict()), run_tags(run, model))
 

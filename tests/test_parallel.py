@@ -1,6 +1,8 @@
 """Parallel load: a grid run with `--cores 8` on a 2-core machine (8 jobs at once, four per core), against the
-default sqlite store and against an `mlflow server` this test starts on 127.0.0.1. Every run must be recorded
-exactly once, with its whole per-epoch history, its test metrics and its artifacts.
+default sqlite store and against an `mlflow server` this test starts on 127.0.0.1, with `tracking_live: true` (each
+job writes the store as it runs; the default journal, written by one final job, has no concurrent writers: see
+test_journal.py and the smoke pipeline). Every run must be recorded exactly once, with its whole per-epoch history,
+its test metrics and its artifacts.
 
 What loads the store is the jobs' number and overlap, not their size: training and evaluation are the smallest
 that still produce every section (2 epochs on 48 images, the cheapest evaluator settings), so a job is mostly
@@ -32,6 +34,7 @@ def grid(tmp: Path, seeds: int, tracking_uri: str | None) -> Path:
     cfg = {
         "datasets": ["digits"], "models": ["vae"], "seeds": list(range(seeds)), "device": "cpu", "threads": 1,
         "experiment": "parallel", "tracking_uri": tracking_uri,
+        "tracking_live": True,  # every job writes the store as it runs: the concurrent writers under test here
         "train": {"all": TINY_TRAIN}, "eval": TINY_EVAL,
     }
     path = tmp / "grid.yaml"

@@ -158,7 +158,9 @@ def test_snakemake_rerun_resumes_a_killed_job(tmp_path):
     killed_at = _kill_when(proc, tmp_path / "results/runs/digits/vae/seed0/last.pt", KILL_AT)
     # A killed Snakemake leaves its lock behind; --unlock releases it (documented in the README).
     subprocess.run(base + ["--unlock"], cwd=tmp_path, env=_env(), capture_output=True, timeout=120, check=True)
-    rerun = subprocess.run(base + [target], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    # The jobs journal what they log (tracking_live: false); the track job writes it into the store.
+    rerun = subprocess.run(base + [target, "results/logs/mlflow-track.log"], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
 
     client, runs = _mlflow_runs(tmp_path, "resume")

@@ -44,6 +44,14 @@ PYTHON = "python -m dgmbench"
 
 RUN_DIR = RUNS + "/{dataset}/{model}/seed{seed}"
 
+# MLflow: by default each job appends what it logs to its run's journal (`--tracking journal`, dgmbench/journal.py); the
+# track rule, once every run is evaluated, writes the journals into the store: one MLflow start-up per grid instead
+# of one per job (~2 CPU s each). `tracking_live: true` writes the store from every job as it runs (the UI then
+# shows a run's curves while it trains) and leaves the track rule out.
+LIVE = bool(GRID.get("tracking_live", False))
+TRACKING = "live" if LIVE else "journal"  # a global, not a param: switching it does not rerun trained jobs
+TRACKED = [] if LIVE else [f"{LOGS}/mlflow-track.log"]
+
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",

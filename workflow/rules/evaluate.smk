@@ -15,4 +15,4 @@ rule evaluate:
     conda:
         "../envs/dgmbench.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} --adopt-pending > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {PYTHON} evaluate --config-json {params.grid:q} --run {params.run:q} --adopt-pending --tracking {TRACKING:q} > {log:q} 2>&1"

@@ -16,4 +16,5 @@ rule train:
         "../envs/dgmbench.yaml"
     shell:
         "{PYTHON} train --config-json {params.grid:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
-        "--seed {wildcards.seed:q} --set threads={threads} --out {params.out:q} --evaluate-pending > {log:q} 2>&1"
+        "--seed {wildcards.seed:q} --set threads={threads} --out {params.out:q} --evaluate-pending --tracking {TRACKING:q} "
+        "> {log:q} 2>&1"

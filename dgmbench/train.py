@@ -62,15 +62,33 @@ def validation_score(model, x: torch.Tensor, device, batch_size: int = 512) -> f
 
 
 def save_sample_grid(model, path: Path, num_samples: int = 64) -> None:
-    from torchvision.utils import save_image
-
     model.eval()
     with torch.no_grad():
         x = model.sample(num_samples).float() / (model.info.num_levels - 1)  # (N, C, H, W) in [0, 1]
     scale = max(1, 64 // max(model.info.shape[1:]))  # make 8×8 digits legible
     if scale > 1:
         x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
-    save_image(x.cpu(), path, nrow=8, padding=2, pad_value=0.5)
+    write_image_grid(x.cpu(), path, nrow=8, padding=2, pad_value=0.5)
+
+
+def write_image_grid(x: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2, pad_value: float = 0.5) -> None:
+    """Images (N, C, H, W) in [0, 1] as one PNG: rows of ``nrow``, ``padding`` pixels of ``pad_value`` around each,
+    one channel shown as grey. The grid and the PNG ``torchvision.utils.save_image`` writes, pixel for pixel
+    (tests/test_cost.py compares them), without importing torchvision: its ``ops`` import ``torch._dynamo``, ~1.5 s
+    of every train job."""
+    from PIL import Image
+
+    n, c, h, w = x.shape
+    if c == 1:
+        x = x.expand(n, 3, h, w)
+    rows, cols = -(-n // nrow), min(nrow, n)
+    grid = torch.full((x.shape[1], rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = r * (h + padding) + padding, col * (w + padding) + padding
+        grid[:, top : top + h, left : left + w] = x[i]
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(path)
 
 
 def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journal: bool = False) -> dict:
@@ -189,7 +207,7 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journa
             save_resume()
     bar.close()
     save_resume()
-    flops = train_step_flops(model, x_train[: tc.batch_size].to(device), tc)
+    flops = cached_train_step_flops(run, model, x_train[: tc.batch_size].to(device))
 
     model.load_state_dict(best_state)
     record = {
@@ -245,6 +263,43 @@ def train_step_flops(model, x: torch.Tensor, train_cfg) -> int | None:
         return None
     finally:
         set_rng_state(rng)
+
+
+FLOPS_CACHE = Path("results/cache/flops")  # beside the feature classifier's (eval.sample_quality.cache_dir)
+
+
+def cached_train_step_flops(run: RunConfig, model, x: torch.Tensor, cache_dir: Path = FLOPS_CACHE) -> int | None:
+    """:func:`train_step_flops`, counted once per configuration: the count depends on the family, its settings, the
+    batch's shape and the code, not on the seed, so a grid's other seeds of a family read the first one's from
+    ``cache_dir/<key>.json``. Counting is what imports ``torch._dynamo`` (FlopCounterMode is a TorchDispatchMode,
+    whose dispatch torch fences off from ``torch.compile``): ~1.5 s a job, more than most runs' training loops on
+    digits. The key hashes the run's config without its seed and placement (device type aside), the batch's shape
+    and dtype, dgmbench's source and torch's version; a failed count is not cached."""
+    import hashlib
+    import json
+
+    from .pending import source_hash, write_json
+
+    config = {k: v for k, v in run.to_dict().items()
+              if k not in ("seed", "device", "threads", "data_root", "tracking_uri", "experiment")}
+    spec = {"config": config, "batch": list(x.shape), "dtype": str(x.dtype), "device": x.device.type,
+            "source": source_hash(), "torch": torch.__version__}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    path = Path(cache_dir) / f"{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("spec") == json.loads(json.dumps(spec, default=str)) and isinstance(cached.get("flops"), int):
+            return cached["flops"]
+    except (OSError, ValueError):
+        pass  # not counted yet (or an unreadable entry): count it
+    flops = train_step_flops(model, x, run.train)
+    if flops is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json({"spec": spec, "flops": flops}, path)
+        except OSError as err:  # a cache that cannot be written costs the next seed a count, nothing more
+            log.warning("could not cache the FLOP count in %s (%s)", path, err)
+    return flops
 
 
 def write_curve(rows: list[dict], path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -257,6 +258,32 @@ def test_the_best_validation_nll_within_a_budget_only_improves_with_the_budget()
     assert gan.best_val_bpd_within(0.5, num_dims=10) is None  # not an NLL
 
 
+def test_flops_are_counted_once_per_configuration(tmp_path, digits):
+    """The count is cached by configuration: the first seed counts, another seed of the same configuration reads the
+    count (the entry is altered here to prove that it is read, not recounted), another configuration counts its
+    own. A count equals the counter's on the same model and batch."""
+    from dgmbench.config import GRID_DEFAULTS, resolve_run
+    from dgmbench.models import get_model
+    from dgmbench.train import cached_train_step_flops, train_step_flops
+
+    x = digits.train.x[:16]
+    run = resolve_run({**GRID_DEFAULTS}, dataset="digits", model="vae", seed=0)
+    model = get_model("vae", digits.info)
+    first = cached_train_step_flops(run, model, x, tmp_path)
+    assert first == train_step_flops(model, x, run.train) and first > 0
+    (entry,) = tmp_path.glob("*.json")
+    saved = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**saved, "flops": first + 1}))
+    other_seed = resolve_run({**GRID_DEFAULTS}, dataset="digits", model="vae", seed=1)
+    assert cached_train_step_flops(other_seed, model, x, tmp_path) == first + 1  # read from the cache
+    wider = resolve_run({**GRID_DEFAULTS}, dataset="digits", model="vae", seed=0, sets=["hparams.hidden_dim=64"])
+    small = get_model("vae", digits.info, hidden_dim=64)
+    count = cached_train_step_flops(wider, small, x, tmp_path)
+    assert count == train_step_flops(small, x, wider.train) and count < first  # its own entry, counted
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert cached_train_step_flops(run, model, x[:8], tmp_path) < first  # another batch shape: counted again
+
+
 @pytest.mark.parametrize("name", sorted(__import__("dgmbench.models", fromlist=["MODELS"]).MODELS.names()))
 def test_every_family_has_its_training_step_counted_without_changing_the_run(name, digits):
     """Every registered family (so a new one is covered for free): the counter sees its matmuls or convolutions,
@@ -276,3 +303,20 @@ def test_every_family_has_its_training_step_counted_without_changing_the_run(nam
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     torch.manual_seed(5)
     assert torch.equal(torch.rand(3), after_rng)
+
+
+@pytest.mark.parametrize("n, channels", [(64, 1), (10, 1), (5, 3)], ids=["full-grey", "ragged-grey", "colour"])
+def test_sample_grid_is_torchvisions_pixel_for_pixel(tmp_path, n, channels):
+    """The train job's sample grid without torchvision (whose import brings torch._dynamo): the same PNG pixels as
+    torchvision.utils.save_image for full and ragged last rows, grey and colour images."""
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    from dgmbench.train import write_image_grid
+
+    x = torch.rand(n, channels, 9, 7, generator=torch.Generator().manual_seed(n))
+    write_image_grid(x, tmp_path / "ours.png", nrow=8, padding=2, pad_value=0.5)
+    save_image(x, tmp_path / "theirs.png", nrow=8, padding=2, pad_value=0.5)
+    ours, theirs = Image.open(tmp_path / "ours.png"), Image.open(tmp_path / "theirs.png")
+    assert ours.size == theirs.size and ours.mode == theirs.mode
+    assert (np.asarray(ours) == np.asarray(theirs)).all()

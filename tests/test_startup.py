@@ -111,3 +111,40 @@ def test_digits_read_without_sklearn_equal_load_digits():
     bunch = load_digits()
     assert images.dtype == bunch.images.dtype and (images == bunch.images).all()
     assert target.dtype == bunch.target.dtype and (target == bunch.target).all()
+
+
+JOB = """
+import sys
+from dgmbench.cli import main
+code = main({argv!r})
+assert code == 0, code
+print(sorted({{m for m in sys.modules if m in ("torch._dynamo", "mlflow", "sklearn", "scipy.stats")}}))
+"""
+
+
+def test_a_workflow_job_imports_no_dynamo_and_no_mlflow(tmp_path):
+    """What the workflow's train job costs beyond torch (issue #19): with its tracking journalled and its seed's
+    FLOP count already cached by another seed, a train + evaluate job imports neither torch._dynamo (optimizer,
+    FLOP counter) nor MLflow; only the evaluators that need them import scipy.stats or scikit-learn. The first seed
+    counts the FLOPs (and so imports dynamo): asserted too, so the test cannot pass by counting nothing."""
+    import json
+
+    grid = {"datasets": ["digits"], "models": ["vae"], "device": "cpu",
+            "train": {"all": {"max_epochs": 1, "num_train": 64, "num_val": 64, "batch_size": 64, "patience": 0}},
+            "eval": {"likelihood": {"iwae_k": 2, "iwae_repeats": 1}, "test_subset": {"max_images": 64}}}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    seen = []
+    for seed in (0, 1):
+        argv = ["train", "--dataset", "digits", "--model", "vae", "--seed", str(seed), "--config", "grid.json",
+                "--out", f"runs/seed{seed}", "--evaluate", "--tracking", "journal"]
+        proc = subprocess.run([sys.executable, "-c", JOB.format(argv=argv)], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen.append(proc.stdout.strip().splitlines()[-1])
+    assert "'torch._dynamo'" in seen[0] and "'mlflow'" not in seen[0]  # the first seed counted the FLOPs
+    assert "'torch._dynamo'" not in seen[1] and "'mlflow'" not in seen[1], seen[1]
+    assert not (tmp_path / "mlflow").exists() and len(list((tmp_path / "results/cache/flops").glob("*.json"))) == 1
+    record = [json.loads((tmp_path / f"runs/seed{s}/metrics.json").read_text())["training"] for s in (0, 1)]
+    assert record[0]["flops_per_step"] == record[1]["flops_per_step"] > 0

@@ -115,6 +115,14 @@ def _check_copy(run_dir: Path, ident: dict) -> None:
         )
 
 
+def check_original(run_dir: Path) -> None:
+    """Refuse a directory that is a copy of another run's (its identity says it was created elsewhere): what it
+    would log to MLflow belongs to the original's run. Directories without an identity pass."""
+    ident = read_identity(run_dir)
+    if ident is not None:
+        _check_copy(run_dir, ident)
+
+
 def check_checkpoint(run_dir: Path, run, *, writer: bool = True) -> None:
     """Evaluation's check: ``run_dir/checkpoint.pt`` (whose config is ``run``) is the run the directory was
     created for, and no other process is writing the directory. A reader (``writer=False``: ``dgmbench.load_run``)

@@ -179,6 +179,7 @@ def replay_run(run_dir: Path, trackers: dict, tracking_uri: str | None = None) -
     """Write the entries of ``run_dir``'s journal that the store does not hold yet; return how many.
     ``trackers`` caches one Tracker per (store, experiment) across runs; ``tracking_uri`` overrides the runs' own."""
     from .config import check_tracking_uri
+    from .identity import check_original
     from .tracking import RUN_ID_FILE, Tracker
 
     run_dir = Path(run_dir)
@@ -186,6 +187,13 @@ def replay_run(run_dir: Path, trackers: dict, tracking_uri: str | None = None) -
     ops = read_ops(journal_dir / OPS)
     if not ops:
         return 0
+    check_original(run_dir)  # a copy (seed0.bak/) holds the original's MLflow id: it would log over that run
+    root = journal_dir.resolve()
+    for number, op in enumerate(ops, 1):  # every artifact there, a file of the journal's own: before any write
+        if op["op"] == "artifact":
+            file = journal_dir / op["file"]
+            _check(file.is_file() and not file.is_symlink() and file.resolve().is_relative_to(root),
+                   f"{journal_dir / OPS}:{number}", f"artifact {op['file']!r} is missing or not a file of the journal")
     starts = [op for op in ops if op["op"] == "start"]
     _check(bool(starts) and ops[0]["op"] == "start", f"{journal_dir / OPS}:1", "the journal does not begin with a start")
     uri = tracking_uri or starts[0]["tracking_uri"]
@@ -251,13 +259,15 @@ def replay_all(runs_dir: Path, *, tracking_uri: str | None = None,
                progress: Callable[[str], None] = print) -> tuple[int, list[str]]:
     """Replay every journal under ``runs_dir``; returns (entries written, problems). A journal that cannot be
     replayed is named in ``problems`` and the others are still written."""
+    from .identity import IdentityError
+
     trackers: dict = {}
     total, problems = 0, []
     for ops_file in sorted(Path(runs_dir).rglob(f"{JOURNAL_DIR}/{OPS}")):
         run_dir = ops_file.parent.parent
         try:
             n = replay_run(run_dir, trackers, tracking_uri)
-        except JournalError as err:
+        except (JournalError, IdentityError) as err:
             problems.append(str(err))
             continue
         total += n

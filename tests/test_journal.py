@@ -124,17 +124,29 @@ def test_replay_is_incremental_and_exact_when_repeated_or_killed(both, monkeypat
 
 
 def test_a_reset_store_gets_the_whole_journal_again(both, tmp_path):
+    """The store the run was replayed into is gone (here: another, empty one): the whole journal goes into a new run."""
     from dgmbench.journal import replay_all
 
     _, run_dir = both[1]
-    copy = tmp_path / "runs" / "run"
-    shutil.copytree(run_dir, copy)
+    old_id = (run_dir / "mlflow_run_id").read_text()
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    written, problems = replay_all(tmp_path / "runs", tracking_uri=uri, progress=lambda s: None)
-    assert problems == [] and written == len((copy / "mlflow-journal" / "ops.jsonl").read_text().splitlines())
-    assert (copy / "mlflow_run_id").read_text() != (run_dir / "mlflow_run_id").read_text()  # a new run
-    *_, history, _ = _content(uri, copy)
+    written, problems = replay_all(run_dir.parent, tracking_uri=uri, progress=lambda s: None)
+    assert problems == [] and written == len((run_dir / "mlflow-journal" / "ops.jsonl").read_text().splitlines())
+    assert (run_dir / "mlflow_run_id").read_text() != old_id  # a new run
+    *_, history, _ = _content(uri, run_dir)
     assert [s for s, _ in history["train_loss"]] == list(range(1, TINY_TRAIN["max_epochs"] + 1))
+    assert [s for s, _ in history["test_nll_bpd"]] == [0, 1]
+
+
+def test_a_copy_of_a_run_directory_is_not_replayed(both, tmp_path):
+    """seed0.bak/ holds seed0's MLflow id: replaying it would log over seed0's run. Refused, naming the copy."""
+    _, run_dir = both[1]
+    copy = tmp_path / "runs" / "digits" / "vae" / "seed3.bak"
+    shutil.copytree(run_dir, copy)
+    proc = dgmbench_process(["track", "--runs", str(tmp_path / "runs"), "--tracking-uri",
+                             f"sqlite:///{tmp_path / 'x.db'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "is a copy of the run directory" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.db").exists()
 
 
 def _journal(tmp_path, lines: list[str], end: str = "\n"):
@@ -163,6 +175,21 @@ def test_a_hostile_journal_is_refused_in_one_line(tmp_path, line, says):
     (error,) = proc.stderr.strip().splitlines()
     assert says in error and "ops.jsonl:2" in error and "move it aside" in error
     assert not (tmp_path / "mlflow").exists() and not (run / "mlflow_run_id").exists()  # nothing written
+
+
+@pytest.mark.parametrize("kind", ["missing", "symlink"])
+def test_an_artifact_must_be_a_file_of_the_journal(tmp_path, kind):
+    """An artifact entry whose file is gone, or is a link to a file elsewhere (which would copy that file into the
+    artifact store), is refused before anything is written."""
+    line = json.dumps({"op": "artifact", "time": 2, "file": "artifacts/1-secret", "name": "secret"})
+    run = _journal(tmp_path, [START, line])
+    if kind == "symlink":
+        (tmp_path / "secret").write_text("not the run's")
+        (run / "mlflow-journal" / "artifacts").mkdir()
+        (run / "mlflow-journal" / "artifacts" / "1-secret").symlink_to(tmp_path / "secret")
+    proc = dgmbench_process(["track", "--runs", str(tmp_path / "runs")], cwd=tmp_path)
+    assert proc.returncode == 2 and "ops.jsonl:2" in proc.stderr and "not a file of the journal" in proc.stderr
+    assert not (tmp_path / "mlflow").exists()
 
 
 def test_a_journal_may_not_name_a_store_outside_the_project(tmp_path):

@@ -30,16 +30,20 @@ workflow's jobs are the "journal" rows: one first seed and two others per family
     nice -n 10 .venv/bin/python benchmarks/startup.py                 # 5 repeats
     nice -n 10 .venv/bin/python benchmarks/startup.py --repeats 3
 
-Measured 2026-12-06 on a quiet 2-core Intel Xeon (load 0.7-0.9), torch 2.14.1, median of 3 (wall / CPU s):
+Measured 2026-12-06 on a quiet 2-core AMD EPYC (load 0.8-1.0), torch 2.14.1, median of 5 round-robin repeats, CPU s
+(wall within 0.01 s), "beyond torch" in brackets:
 
-    python 0.02 / 0.02; import torch 1.67 / 1.67; dgmbench --help 0.04 / 0.04; dgmbench list 0.14 / 0.14;
-    train imports 3.22 / 3.22 (1.55 CPU s beyond torch: torch._dynamo, which the optimizer's methods import, and
-    the grid check); evaluate imports 1.84 / 1.84 (0.18 beyond torch);
-    train job, fixed 6.42 / 6.41; evaluate job, fixed 4.28 / 4.28; train+evaluate in one process, fixed 6.38 / 6.37.
+    python 0.03; import torch 1.84; dgmbench --help 0.04; dgmbench list 0.14; train imports 2.04 (0.20);
+    evaluate imports 2.02 (0.18); train job, fixed 4.78 (2.94); evaluate job, fixed 4.42 (2.58);
+    train+evaluate, fixed 5.01 (3.17); journal, first seed 4.20 (2.36); journal, other seeds 2.48 (0.64);
+    track, once per grid 4.76.
 
-So a run trained and evaluated in one process (the workflow's train job, dgmbench/pending.py) costs 4.3 s less
-than in two; beyond torch, a train job's fixed cost is 4.7 s (MLflow's client and store, torch._dynamo, the FLOP
-count and the sample grid), over the issue's 1.5 s target.
+So the workflow's job costs 0.64 CPU s beyond torch once its family's FLOP count is cached (two seeds of three in
+the default grid) and 2.36 s for the seed that counts it (FlopCounterMode imports torch._dynamo, ~1.5 s); over the
+default grid's 33 runs that is (2.36 + 2 × 0.64) / 3 + 4.76 / 33 = 1.36 s a job, track included, under the issue's
+1.5 s. Writing MLflow from the job itself (tracking_live: true) costs ~2.5 s more a job. Before issue #19's start-up
+work (Intel Xeon, median of 3): train imports 3.22, train job fixed 6.41, train+evaluate in one process 6.37 CPU s,
+4.7 s beyond torch.
 """
 
 from __future__ import annotations
@@ -101,51 +105,43 @@ def main() -> int:
     py = sys.executable
     load_before = os.getloadavg()
     rows: dict[str, tuple[float, float]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="dgmbench-startup-") as tmp:
         work = Path(tmp)
         (work / "grid.json").write_text(json.dumps(TINY_GRID))
-        for name, code in IMPORTS.items():
-            rows[name] = median_pair([timed([py, "-c", code], work, env) for _ in range(args.repeats)])
-        for name, cli in (("dgmbench --help", ["--help"]), ("dgmbench list", ["list"])):
-            rows[name] = median_pair([timed([py, "-m", "dgmbench", *cli], work, env) for _ in range(args.repeats)])
+        train = [py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config", "grid.json"]
 
-        train_fixed, eval_fixed = [], []
+        def job(name: str, cmd: list[str], run: Path, minus: str) -> None:
+            """One job's seconds minus its work (the loop's: minus="loop"; every evaluator's: "evaluators";
+            both: "all"), as recorded in its metrics.json."""
+            wall, cpu = timed(cmd, work, env)
+            timing = json.loads((run / "metrics.json").read_text())["timing"]
+            work_s = {"loop": timing["train_seconds"],
+                      "evaluators": sum(v for k, v in timing.items() if k != "train_seconds" and k.endswith("_seconds")),
+                      "all": sum(v for k, v in timing.items() if k.endswith("_seconds"))}[minus]
+            samples.setdefault(name, []).append((wall - work_s, cpu - work_s))
+
+        # Round robin: repeat i of every row, then repeat i + 1, so a drift in the machine's load moves every row
+        # alike instead of the rows measured last.
         for i in range(args.repeats):
+            for name, code in IMPORTS.items():
+                samples.setdefault(name, []).append(timed([py, "-c", code], work, env))
+            for name, cli in (("dgmbench --help", ["--help"]), ("dgmbench list", ["list"])):
+                samples.setdefault(name, []).append(timed([py, "-m", "dgmbench", *cli], work, env))
             run = work / "runs" / f"r{i}"
-            wall, cpu = timed([py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config",
-                               "grid.json", "--out", str(run)], work, env)
-            metrics_cmd = [py, "-m", "dgmbench", "evaluate", "--run", str(run), "--only", "likelihood",
-                           "--config", "grid.json"]
-            ewall, ecpu = timed(metrics_cmd, work, env)
-            timing = json.loads((run / "metrics.json").read_text())["timing"]
-            loop = timing["train_seconds"]
-            evaluators = sum(v for k, v in timing.items() if k != "train_seconds" and k.endswith("_seconds"))
-            train_fixed.append((wall - loop, cpu - loop))
-            eval_fixed.append((ewall - evaluators, ecpu - evaluators))
-        rows["train job, fixed"] = median_pair(train_fixed)
-        rows["evaluate job, fixed"] = median_pair(eval_fixed)
-        both_fixed = []
-        for i in range(args.repeats):
-            run = work / "runs" / f"both{i}"
-            wall, cpu = timed([py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config",
-                               "grid.json", "--out", str(run), "--evaluate"], work, env)
-            timing = json.loads((run / "metrics.json").read_text())["timing"]
-            work_s = sum(v for k, v in timing.items() if k.endswith("_seconds"))  # the loop and every evaluator
-            both_fixed.append((wall - work_s, cpu - work_s))
-        rows["train+evaluate, fixed"] = median_pair(both_fixed)
-        journal_first, journal_fixed = [], []
-        for i in range(args.repeats):
-            for kind, samples in (("first", journal_first), ("other", journal_fixed)):
-                if kind == "first":  # no FLOP count cached for this configuration yet: this job counts it
-                    shutil.rmtree(work / "results" / "cache" / "flops", ignore_errors=True)
+            trained = timed(train + ["--out", str(run)], work, env)  # its loop's seconds: in the evaluation's file
+            job("evaluate job, fixed", [py, "-m", "dgmbench", "evaluate", "--run", str(run), "--only", "likelihood",
+                                        "--config", "grid.json"], run, "evaluators")
+            loop = json.loads((run / "metrics.json").read_text())["timing"]["train_seconds"]
+            samples.setdefault("train job, fixed", []).append((trained[0] - loop, trained[1] - loop))
+            job("train+evaluate, fixed", train + ["--out", str(work / "runs" / f"both{i}"), "--evaluate"],
+                work / "runs" / f"both{i}", "all")
+            shutil.rmtree(work / "results" / "cache" / "flops", ignore_errors=True)  # this job counts the FLOPs
+            for kind in ("first", "other"):
                 run = work / "journalled" / f"{kind}{i}"
-                wall, cpu = timed([py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config",
-                                   "grid.json", "--out", str(run), "--evaluate", "--tracking", "journal"], work, env)
-                timing = json.loads((run / "metrics.json").read_text())["timing"]
-                work_s = sum(v for k, v in timing.items() if k.endswith("_seconds"))
-                samples.append((wall - work_s, cpu - work_s))
-        rows["journal, first seed"] = median_pair(journal_first)
-        rows["journal, other seeds"] = median_pair(journal_fixed)
+                job(f"journal, {kind} seed{'s' if kind == 'other' else ''}",
+                    train + ["--out", str(run), "--evaluate", "--tracking", "journal"], run, "all")
+        rows = {name: median_pair(pairs) for name, pairs in samples.items()}
         rows["track, once per grid"] = timed([py, "-m", "dgmbench", "track", "--runs", str(work / "journalled"),
                                               "--tracking-uri", f"sqlite:///{work / 'track.db'}"], work, env)
     load_after = os.getloadavg()

@@ -24,6 +24,8 @@ Rows:
   journal, other seeds     the same job once the FLOP count is cached (dgmbench.train.cached_train_step_flops)
   track, once per grid     ``dgmbench track`` writing the journals of those runs into a fresh store: paid once by
                            a grid, not per job (its whole cost, work included)
+  per job, default grid    beyond torch, what one job of the default grid costs on average: per family one first
+                           seed and two others, and the track job shared by the grid's 33 runs
 The "beyond torch" column is a row's figure minus ``import torch``'s (the issue's target: ≤ 1.5 s per job; the
 workflow's jobs are the "journal" rows: one first seed and two others per family in the default grid).
 
@@ -31,16 +33,16 @@ workflow's jobs are the "journal" rows: one first seed and two others per family
     nice -n 10 .venv/bin/python benchmarks/startup.py --repeats 3
 
 Measured 2026-12-06 on a quiet 2-core AMD EPYC (load 0.8-1.0), torch 2.14.1, median of 5 round-robin repeats, CPU s
-(wall within 0.01 s), "beyond torch" in brackets:
+(wall within 0.05 s), "beyond torch" in brackets:
 
-    python 0.03; import torch 1.84; dgmbench --help 0.04; dgmbench list 0.14; train imports 2.04 (0.20);
-    evaluate imports 2.02 (0.18); train job, fixed 4.78 (2.94); evaluate job, fixed 4.42 (2.58);
-    train+evaluate, fixed 5.01 (3.17); journal, first seed 4.20 (2.36); journal, other seeds 2.48 (0.64);
-    track, once per grid 4.76.
+    python 0.03; import torch 2.01; dgmbench --help 0.04; dgmbench list 0.15; train imports 2.09 (0.08);
+    evaluate imports 2.08 (0.07); train job, fixed 5.02 (3.01); evaluate job, fixed 4.74 (2.73);
+    train+evaluate, fixed 5.07 (3.06); journal, first seed 4.33 (2.32); journal, other seeds 2.57 (0.56);
+    track, once per grid 4.08; per job, default grid (1.27).
 
-So the workflow's job costs 0.64 CPU s beyond torch once its family's FLOP count is cached (two seeds of three in
-the default grid) and 2.36 s for the seed that counts it (FlopCounterMode imports torch._dynamo, ~1.5 s); over the
-default grid's 33 runs that is (2.36 + 2 × 0.64) / 3 + 4.76 / 33 = 1.36 s a job, track included, under the issue's
+So the workflow's job costs 0.56 CPU s beyond torch once its family's FLOP count is cached (two seeds of three in
+the default grid) and 2.32 s for the seed that counts it (FlopCounterMode imports torch._dynamo, ~1.5 s); over the
+default grid's 33 runs that is (2.32 + 2 × 0.56) / 3 + 4.08 / 33 = 1.27 s a job, track included, under the issue's
 1.5 s. Writing MLflow from the job itself (tracking_live: true) costs ~2.5 s more a job. Before issue #19's start-up
 work (Intel Xeon, median of 3): train imports 3.22, train job fixed 6.41, train+evaluate in one process 6.37 CPU s,
 4.7 s beyond torch.
@@ -158,6 +160,12 @@ def main() -> int:
         beyond = (f"{wall - torch_wall:18.2f} {cpu - torch_cpu:6.2f}" if name not in ("python", "import torch",
                   "dgmbench --help", "dgmbench list", "track, once per grid") else f"{'':>18} {'':>6}")
         print(f"{name:<24} {wall:7.2f} {cpu:7.2f}   {beyond}")
+    # The default grid: per family one seed that counts its FLOPs and two that read them; one track job per grid.
+    seeds, runs = 3, 33
+    per_job = [(rows["journal, first seed"][k] + (seeds - 1) * rows["journal, other seeds"][k]) / seeds
+               - rows["import torch"][k] + rows["track, once per grid"][k] / runs for k in (0, 1)]
+    print(f"{'per job, default grid':<24} {'':>7} {'':>7}   {per_job[0]:18.2f} {per_job[1]:6.2f}   "
+          f"(first seed + {seeds - 1} others, / {seeds}, + track / {runs} runs)")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -148,8 +147,8 @@ def read_ops(path: Path) -> list[dict]:
         elif kind == "metrics":
             values = op.get("values")
             _check(isinstance(op.get("step"), int) and isinstance(values, dict) and all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for k, v in values.items()), where, "metrics that are not finite numbers at an integer step")
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+                for k, v in values.items()), where, "metrics that are not numbers at an integer step")
         elif kind == "artifact":
             rel, name = op.get("file"), op.get("name")
             _check(isinstance(rel, str) and not Path(rel).is_absolute() and ".." not in Path(rel).parts

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -165,7 +166,7 @@ START = json.dumps({"op": "start", "time": 1, "run_name": "r", "experiment": "x"
     ('{"op": "artifact", "time": 2, "file": "../../../etc/passwd", "name": "x"}', "outside the journal"),
     ('{"op": "artifact", "time": 2, "file": "/etc/passwd", "name": "x"}', "outside the journal"),
     ('{"op": "artifact", "time": 2, "file": "artifacts/1-x", "name": "../x"}', "not a file name"),
-    ('{"op": "metrics", "time": 2, "step": 1, "values": {"loss": "__import__(\'os\')"}}', "finite numbers"),
+    ('{"op": "metrics", "time": 2, "step": 1, "values": {"loss": "__import__(\'os\')"}}', "not numbers"),
     ("not json", "not a JSON line"),
 ], ids=["unknown-op", "dotdot-artifact", "absolute-artifact", "dotdot-name", "metric-text", "not-json"])
 def test_a_hostile_journal_is_refused_in_one_line(tmp_path, line, says):
@@ -199,6 +200,36 @@ def test_a_journal_may_not_name_a_store_outside_the_project(tmp_path):
     proc = dgmbench_process(["track", "--runs", str(tmp_path / "runs")], cwd=tmp_path)
     assert proc.returncode == 2 and "tracking_uri" in proc.stderr, proc.stderr
     assert not (tmp_path / "elsewhere.db").exists()
+
+
+def test_a_diverged_runs_infinite_loss_is_replayed_as_logged(tmp_path):
+    """A diverging run logs its last epoch's loss as it was, +inf included (live logging does the same; NaN is
+    dropped by both): the journal holds it and the store gets it, and the run stays replayable."""
+    from mlflow.tracking import MlflowClient
+
+    from dgmbench.journal import Journal, replay_all
+
+    run_dir = tmp_path / "runs" / "r"
+    journal = Journal(None, "x")
+    journal.start_run(run_dir, "r", {"a": 1}, {})
+    journal.log_metrics("journal", {"train_loss": float("inf"), "val_nats": float("nan"), "wall_seconds": 0.5}, step=1)
+    journal.end_run("journal", "FAILED")
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    assert replay_all(tmp_path / "runs", tracking_uri=uri, progress=lambda s: None) == (3, [])
+    from dgmbench.tracking import Tracker
+
+    live = Tracker(f"sqlite:///{tmp_path / 'live.db'}", "x")  # the same calls, live
+    (tmp_path / "live").mkdir()
+    run_id = live.start_run(tmp_path / "live", "r", {"a": 1}, {})
+    live.log_metrics(run_id, {"train_loss": float("inf"), "val_nats": float("nan"), "wall_seconds": 0.5}, step=1)
+    live.end_run(run_id, "FAILED")
+    stored = []
+    for store in (uri, f"sqlite:///{tmp_path / 'live.db'}"):
+        client = MlflowClient(tracking_uri=store)
+        (run,) = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+        stored.append((run.data.metrics, run.info.status))
+    # MLflow's sqlite store keeps +inf as the largest float, whichever way it arrives.
+    assert stored[0] == stored[1] == ({"train_loss": sys.float_info.max, "wall_seconds": 0.5}, "FAILED")
 
 
 def test_a_torn_last_line_is_left_out(tmp_path):

@@ -43,7 +43,9 @@ Measured 2026-12-06 on a quiet 2-core AMD EPYC (load 0.8-1.0), torch 2.14.1, med
 So the workflow's job costs 0.56 CPU s beyond torch once its family's FLOP count is cached (two seeds of three in
 the default grid) and 2.32 s for the seed that counts it (FlopCounterMode imports torch._dynamo, ~1.5 s); over the
 default grid's 33 runs that is (2.32 + 2 × 0.56) / 3 + 4.08 / 33 = 1.27 s a job, track included, under the issue's
-1.5 s. Writing MLflow from the job itself (tracking_live: true) costs ~2.5 s more a job. Before issue #19's start-up
+1.5 s. Runs minutes apart on the same machine move these figures by ~0.3 s (another run of 3 repeats: 0.87, 2.63,
+1.58): the FLOP count's ~1.7 s, once per family configuration and grid, is the part over the target, and it is a
+measurement (the cost table's FLOPs/step), not start-up. Writing MLflow from the job itself (tracking_live: true) costs ~2.5 s more a job. Before issue #19's start-up
 work (Intel Xeon, median of 3): train imports 3.22, train job fixed 6.41, train+evaluate in one process 6.37 CPU s,
 4.7 s beyond torch.
 """
@@ -111,6 +113,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dgmbench-startup-") as tmp:
         work = Path(tmp)
         (work / "grid.json").write_text(json.dumps(TINY_GRID))
+        runs_root = work / "results" / "runs"  # the grid's runs_dir: runs in it share the FLOP count's cache
         train = [py, "-m", "dgmbench", "train", "--dataset", "digits", "--model", "vae", "--config", "grid.json"]
 
         def job(name: str, cmd: list[str], run: Path, minus: str) -> None:
@@ -118,9 +121,9 @@ def main() -> int:
             both: "all"), as recorded in its metrics.json."""
             wall, cpu = timed(cmd, work, env)
             timing = json.loads((run / "metrics.json").read_text())["timing"]
-            work_s = {"loop": timing["train_seconds"],
-                      "evaluators": sum(v for k, v in timing.items() if k != "train_seconds" and k.endswith("_seconds")),
-                      "all": sum(v for k, v in timing.items() if k.endswith("_seconds"))}[minus]
+            seconds = {k: v for k, v in timing.items() if k.endswith("_seconds")}
+            loop = seconds["train_seconds"]
+            work_s = {"loop": loop, "evaluators": sum(seconds.values()) - loop, "all": sum(seconds.values())}[minus]
             samples.setdefault(name, []).append((wall - work_s, cpu - work_s))
 
         # Round robin: repeat i of every row, then repeat i + 1, so a drift in the machine's load moves every row
@@ -130,21 +133,21 @@ def main() -> int:
                 samples.setdefault(name, []).append(timed([py, "-c", code], work, env))
             for name, cli in (("dgmbench --help", ["--help"]), ("dgmbench list", ["list"])):
                 samples.setdefault(name, []).append(timed([py, "-m", "dgmbench", *cli], work, env))
-            run = work / "runs" / f"r{i}"
+            run = runs_root / f"r{i}"
             trained = timed(train + ["--out", str(run)], work, env)  # its loop's seconds: in the evaluation's file
             job("evaluate job, fixed", [py, "-m", "dgmbench", "evaluate", "--run", str(run), "--only", "likelihood",
                                         "--config", "grid.json"], run, "evaluators")
             loop = json.loads((run / "metrics.json").read_text())["timing"]["train_seconds"]
             samples.setdefault("train job, fixed", []).append((trained[0] - loop, trained[1] - loop))
-            job("train+evaluate, fixed", train + ["--out", str(work / "runs" / f"both{i}"), "--evaluate"],
-                work / "runs" / f"both{i}", "all")
-            shutil.rmtree(work / "results" / "cache" / "flops", ignore_errors=True)  # this job counts the FLOPs
+            job("train+evaluate, fixed", train + ["--out", str(runs_root / f"both{i}"), "--evaluate"],
+                runs_root / f"both{i}", "all")
+            shutil.rmtree(runs_root / ".flops", ignore_errors=True)  # the next job counts the FLOPs
             for kind in ("first", "other"):
-                run = work / "journalled" / f"{kind}{i}"
+                run = runs_root / "journalled" / f"{kind}{i}"
                 job(f"journal, {kind} seed{'s' if kind == 'other' else ''}",
                     train + ["--out", str(run), "--evaluate", "--tracking", "journal"], run, "all")
         rows = {name: median_pair(pairs) for name, pairs in samples.items()}
-        rows["track, once per grid"] = timed([py, "-m", "dgmbench", "track", "--runs", str(work / "journalled"),
+        rows["track, once per grid"] = timed([py, "-m", "dgmbench", "track", "--runs", str(runs_root / "journalled"),
                                               "--tracking-uri", f"sqlite:///{work / 'track.db'}"], work, env)
     load_after = os.getloadavg()
 

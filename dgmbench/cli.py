@@ -70,7 +70,13 @@ def cmd_train(args) -> int:
     grid = grid_of(args)
     run = resolve_run(grid, dataset=args.dataset, model=args.model, seed=args.seed, sets=args.set)
     out = Path(args.out) if args.out else Path(grid["runs_dir"]) / run.dataset / run.label / f"seed{run.seed}"
-    record = train(run, out, journal=args.tracking == "journal")
+    # A run inside the grid's runs directory shares its FLOP count with the grid's other seeds of its configuration
+    # (dgmbench.train.cached_train_step_flops); a run written elsewhere counts its own and writes nothing beside it.
+    from .train import FLOPS_CACHE
+
+    runs_dir = Path(grid["runs_dir"]).resolve()
+    flops_cache = runs_dir / FLOPS_CACHE if out.resolve().is_relative_to(runs_dir) else None
+    record = train(run, out, journal=args.tracking == "journal", flops_cache=flops_cache)
     print(f"{summary_line(run, record)}; checkpoint in {out}", flush=True)
     if args.evaluate:
         from .config import eval_settings

@@ -141,7 +141,8 @@ def read_ops(path: Path) -> list[dict]:
         if kind == "start":
             _check(isinstance(op.get("run_name"), str) and _str_dict(op.get("params")) and _str_dict(op.get("tags"))
                    and isinstance(op.get("experiment"), str)
-                   and (op.get("tracking_uri") is None or isinstance(op["tracking_uri"], str)), where, "a bad start entry")
+                   and (op.get("tracking_uri") is None or isinstance(op["tracking_uri"], str)),
+                   where, "a bad start entry")
         elif kind in ("params", "tags"):
             _check(_str_dict(op.get("values")), where, f"{kind} that are not text")
         elif kind == "metrics":
@@ -194,7 +195,8 @@ def replay_run(run_dir: Path, trackers: dict, tracking_uri: str | None = None) -
             _check(file.is_file() and not file.is_symlink() and file.resolve().is_relative_to(root),
                    f"{journal_dir / OPS}:{number}", f"artifact {op['file']!r} is missing or not a file of the journal")
     starts = [op for op in ops if op["op"] == "start"]
-    _check(bool(starts) and ops[0]["op"] == "start", f"{journal_dir / OPS}:1", "the journal does not begin with a start")
+    _check(bool(starts) and ops[0]["op"] == "start", f"{journal_dir / OPS}:1",
+           "the journal does not begin with a start")
     uri = tracking_uri or starts[0]["tracking_uri"]
     if tracking_uri is None:  # a grid config's rule (mlflow/ or results/): a journal is data, and names no other store
         check_tracking_uri(uri, confine=True)

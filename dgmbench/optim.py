@@ -136,7 +136,8 @@ class Adam:
         saved = copy.deepcopy(state_dict)
         saved_groups = saved["param_groups"]
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"optimizer state has {len(saved_groups)} param groups, this model {len(self.param_groups)}")
+            raise ValueError(f"optimizer state has {len(saved_groups)} param groups, this model "
+                             f"{len(self.param_groups)}")
         if any(len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
             raise ValueError("optimizer state's param groups do not match this model's parameters in size")
         params = {i: p for s, g in zip(saved_groups, self.param_groups) for i, p in zip(s["params"], g["params"])}

@@ -91,9 +91,12 @@ def write_image_grid(x: torch.Tensor, path: Path, nrow: int = 8, padding: int = 
     Image.fromarray(pixels).save(path)
 
 
-def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journal: bool = False) -> dict:
+def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journal: bool = False,
+          flops_cache: Path | None = None) -> dict:
     """Train one run (or resume it from ``out_dir/last.pt``); returns the training record. ``journal``: log to the
-    run's MLflow journal for ``dgmbench track`` instead of the store (dgmbench/journal.py)."""
+    run's MLflow journal for ``dgmbench track`` instead of the store (dgmbench/journal.py). ``flops_cache``: a
+    directory whose FLOP count of this configuration's training step is reused (:func:`cached_train_step_flops`);
+    None counts it."""
     out_dir = Path(out_dir)
     resume_path = out_dir / "last.pt"
     saved = checkpoint.load(resume_path, "resume") if resume_path.exists() else None
@@ -207,7 +210,9 @@ def train(run: RunConfig, out_dir: Path, *, progress: bool | None = None, journa
             save_resume()
     bar.close()
     save_resume()
-    flops = cached_train_step_flops(run, model, x_train[: tc.batch_size].to(device))
+    x_step = x_train[: tc.batch_size].to(device)
+    flops = (cached_train_step_flops(run, model, x_step, flops_cache) if flops_cache is not None
+             else train_step_flops(model, x_step, tc))
 
     model.load_state_dict(best_state)
     record = {
@@ -265,10 +270,10 @@ def train_step_flops(model, x: torch.Tensor, train_cfg) -> int | None:
         set_rng_state(rng)
 
 
-FLOPS_CACHE = Path("results/cache/flops")  # beside the feature classifier's (eval.sample_quality.cache_dir)
+FLOPS_CACHE = ".flops"  # under a grid's runs_dir: `dgmbench train` caches there for the runs inside it
 
 
-def cached_train_step_flops(run: RunConfig, model, x: torch.Tensor, cache_dir: Path = FLOPS_CACHE) -> int | None:
+def cached_train_step_flops(run: RunConfig, model, x: torch.Tensor, cache_dir: Path) -> int | None:
     """:func:`train_step_flops`, counted once per configuration: the count depends on the family, its settings, the
     batch's shape and the code, not on the seed, so a grid's other seeds of a family read the first one's from
     ``cache_dir/<key>.json``. Counting is what imports ``torch._dynamo`` (FlopCounterMode is a TorchDispatchMode,

@@ -138,13 +138,14 @@ def test_a_workflow_job_imports_no_dynamo_and_no_mlflow(tmp_path):
     seen = []
     for seed in (0, 1):
         argv = ["train", "--dataset", "digits", "--model", "vae", "--seed", str(seed), "--config", "grid.json",
-                "--out", f"runs/seed{seed}", "--evaluate", "--tracking", "journal"]
+                "--evaluate", "--tracking", "journal"]  # into the grid's runs_dir, results/runs: its FLOP cache
         proc = subprocess.run([sys.executable, "-c", JOB.format(argv=argv)], capture_output=True, text=True,
                               env=env, cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         seen.append(proc.stdout.strip().splitlines()[-1])
     assert "'torch._dynamo'" in seen[0] and "'mlflow'" not in seen[0]  # the first seed counted the FLOPs
     assert "'torch._dynamo'" not in seen[1] and "'mlflow'" not in seen[1], seen[1]
-    assert not (tmp_path / "mlflow").exists() and len(list((tmp_path / "results/cache/flops").glob("*.json"))) == 1
-    record = [json.loads((tmp_path / f"runs/seed{s}/metrics.json").read_text())["training"] for s in (0, 1)]
+    runs = tmp_path / "results" / "runs"
+    assert not (tmp_path / "mlflow").exists() and len(list((runs / ".flops").glob("*.json"))) == 1
+    record = [json.loads((runs / f"digits/vae/seed{s}/metrics.json").read_text())["training"] for s in (0, 1)]
     assert record[0]["flops_per_step"] == record[1]["flops_per_step"] > 0

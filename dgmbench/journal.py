@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .tracking import metric_values, param_values
+
 JOURNAL_DIR = "mlflow-journal"
 OPS = "ops.jsonl"
 OFFSET_TAG = "dgmbench.journal_ops"  # on the MLflow run: how many of the journal's entries the store holds
 KINDS = {"start", "params", "metrics", "tags", "artifact", "end"}
-BATCH_METRICS = 900  # MLflow's log_batch takes at most 1000 metrics and 100 tags
+BATCH_METRICS, BATCH_TAGS = 900, 90  # MLflow's log_batch takes at most 1000 metrics and 100 tags
 
 
 class JournalError(ValueError):
@@ -49,29 +51,25 @@ class Journal:
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.dir: Path | None = None
 
-    def _append(self, kind: str, **fields: Any) -> int:
+    def _append(self, kind: str, **fields: Any) -> None:
         """Append one entry as one line (one write, flushed: a killed job leaves whole lines, or a torn last one
-        that replay skips); returns its index."""
+        that replay skips)."""
         assert self.dir is not None, "start_run first"
-        path = self.dir / OPS
-        index = sum(1 for _ in open(path, "rb")) if path.exists() else 0
-        with open(path, "a") as fh:
+        with open(self.dir / OPS, "a") as fh:
             fh.write(json.dumps({"op": kind, "time": _now_ms(), **fields}, sort_keys=True) + "\n")
-        return index
 
     def start_run(self, run_dir: Path, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         self.dir = Path(run_dir) / JOURNAL_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self._append("start", run_name=run_name, experiment=self.experiment, tracking_uri=self.tracking_uri,
-                     params={k: str(v)[:6000] for k, v in params.items()}, tags={k: str(v) for k, v in tags.items()})
+                     params=param_values(params), tags={k: str(v) for k, v in tags.items()})
         return "journal"
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        self._append("params", values={k: str(v)[:6000] for k, v in params.items()})
+        self._append("params", values=param_values(params))
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
-        self._append("metrics", step=int(step), values=values)
+        self._append("metrics", step=int(step), values=metric_values(metrics))
 
     def last_step(self, run_id: str, key: str) -> int:
         """The largest step of ``key`` in this journal, or -1 (what :meth:`Tracker.last_step` answers from the store
@@ -87,7 +85,7 @@ class Journal:
         of its own (``artifacts/<entry>-<name>``: no copy of a metrics.json is taken for a run's own by a scan)."""
         if artifact_path is not None:
             raise ValueError("Journal.log_artifact: artifact_path is not journalled; log to the run's root")
-        index = sum(1 for _ in open(self.dir / OPS, "rb")) if (self.dir / OPS).exists() else 0
+        index = sum(1 for _ in open(self.dir / OPS, "rb"))  # the entry this one will be (start_run wrote one)
         name = Path(path).name
         rel = Path("artifacts") / f"{index}-{name}"
         (self.dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -194,13 +192,12 @@ def replay_run(run_dir: Path, trackers: dict, tracking_uri: str | None = None) -
             file = journal_dir / op["file"]
             _check(file.is_file() and not file.is_symlink() and file.resolve().is_relative_to(root),
                    f"{journal_dir / OPS}:{number}", f"artifact {op['file']!r} is missing or not a file of the journal")
-    starts = [op for op in ops if op["op"] == "start"]
-    _check(bool(starts) and ops[0]["op"] == "start", f"{journal_dir / OPS}:1",
-           "the journal does not begin with a start")
-    uri = tracking_uri or starts[0]["tracking_uri"]
+    start = ops[0]
+    _check(start["op"] == "start", f"{journal_dir / OPS}:1", "the journal does not begin with a start")
+    uri = tracking_uri or start["tracking_uri"]
     if tracking_uri is None:  # a grid config's rule (mlflow/ or results/): a journal is data, and names no other store
         check_tracking_uri(uri, confine=True)
-    key = (uri, starts[0]["experiment"])
+    key = (uri, start["experiment"])
     if key not in trackers:
         trackers[key] = Tracker(*key)
     tracker = trackers[key]
@@ -235,11 +232,11 @@ def replay_run(run_dir: Path, trackers: dict, tracking_uri: str | None = None) -
                 continue
             _check(run_id is not None, f"{journal_dir / OPS}:{index + 1}", "an entry before any start")
             if kind == "metrics":
-                if len(metrics) + len(op["values"]) > BATCH_METRICS or len(tags) > 90:
+                if len(metrics) + len(op["values"]) > BATCH_METRICS or len(tags) > BATCH_TAGS:
                     flush(index)
                 metrics.extend((k, float(v), op["time"], op["step"]) for k, v in op["values"].items())
             elif kind == "tags":
-                if len(tags) + len(op["values"]) > 90:
+                if len(tags) + len(op["values"]) > BATCH_TAGS:
                     flush(index)
                 tags.update(op["values"])
             else:  # params, artifacts and the end are idempotent: written again if a replay stops before its tag

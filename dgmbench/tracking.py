@@ -77,6 +77,16 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
            "#bab0ac", "#17becf", "#7f3c8d")
 
 
+def param_values(params: dict[str, Any]) -> dict[str, str]:
+    """Params as MLflow stores them: text, at most 6,000 characters each."""
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``metrics`` that are logged: ints and floats (±inf included), never NaN or anything else."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached or written; the message says which and how to fix it."""
 
@@ -227,7 +237,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        items = [Param(k, v) for k, v in sorted(param_values(params).items())]
         for i in range(0, len(items), 100):
             self._call(self.client.log_batch, run_id, params=items[i : i + 100])
 
@@ -235,7 +245,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
+        items = [Metric(k, v, now, step) for k, v in metric_values(metrics).items()]
         for i in range(0, len(items), 500):
             self._call(self.client.log_batch, run_id, metrics=items[i : i + 500])
 

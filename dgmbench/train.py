@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import checkpoint, clock, identity
 from .build import build
-from .config import RunConfig, run_from_dict
+from .config import RUN_KEYS, RunConfig, run_from_dict
 from .distributions import nats_to_bits_per_dim
 from .runtime import rng_state, seed_everything, set_rng_state
 from .journal import open_tracker
@@ -285,15 +285,14 @@ def cached_train_step_flops(run: RunConfig, model, x: torch.Tensor, cache_dir: P
 
     from .pending import source_hash, write_json
 
-    config = {k: v for k, v in run.to_dict().items()
-              if k not in ("seed", "device", "threads", "data_root", "tracking_uri", "experiment")}
-    spec = {"config": config, "batch": list(x.shape), "dtype": str(x.dtype), "device": x.device.type,
-            "source": source_hash(), "torch": torch.__version__}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    path = Path(cache_dir) / f"{key}.json"
+    config = {k: v for k, v in run.to_dict().items() if k != "seed" and k not in RUN_KEYS}
+    text = json.dumps({"config": config, "batch": list(x.shape), "dtype": str(x.dtype), "device": x.device.type,
+                       "source": source_hash(), "torch": torch.__version__}, sort_keys=True, default=str)
+    spec = json.loads(text)  # as it reads back from a cache file
+    path = Path(cache_dir) / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
     try:
         cached = json.loads(path.read_text())
-        if cached.get("spec") == json.loads(json.dumps(spec, default=str)) and isinstance(cached.get("flops"), int):
+        if cached.get("spec") == spec and isinstance(cached.get("flops"), int):
             return cached["flops"]
     except (OSError, ValueError):
         pass  # not counted yet (or an unreadable entry): count it
